@@ -1,0 +1,25 @@
+"""Diffusion from Scratch: the helper package that every chapter imports.
+
+Every model, schedule, sampler, dataset, metric and widget of the course lives here, one concept
+per module, in course order: `data` (the Shapes world), `metrics`, `checkpoints`, `train`,
+`ddpm`, `unet`, `vae`, `text`, `pipeline`, `sdxl`, `dit`, `flow`, `mmdit`, ... .
+
+Glossary (one set of names for the whole package, as the papers write them):
+
+    x0          clean data (an image or a latent)
+    xt          the noisy sample at time t
+    eps         the Gaussian noise, eps ~ N(0, I)
+    t           time. Diffusion schedules: integer t = 0 ... T-1 as diffusers indexes them,
+                t = 0 is the least noisy. Flow models: continuous t in [0, 1] with t = 1
+                pure noise and t = 0 data, as SD3 does. Converters live in one place.
+    alpha_bar   cumulative product of (1 - beta_t): xt = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps
+    sigma       noise level; for a variance-preserving schedule sigma_t = sqrt(1 - alpha_bar_t)
+    snr         signal-to-noise ratio alpha_bar / (1 - alpha_bar)
+    v           velocity target sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022)
+    cond        the conditioning (text tokens, pooled vectors, class labels)
+
+Shape letters used in shape comments: B batch, C channels, H height, W width, T tokens,
+D width of a token, nh heads, hd head dimension.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,85 @@
+"""`python -m course bench`: the course's speed and acceptance figures, printed, not asserted.
+
+Performance is measured here, with wall-clock timings on the machine at hand, rather than
+with timed assertions in the tests (which would be flaky on a shared CPU). Each section prints
+what it measured; chapters add their own sections to `SECTIONS`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from course import data, metrics
+
+
+def _timed(fn, repeat: int = 3) -> float:
+    """Best wall time of `repeat` calls, in seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_shapes_generator(quick: bool) -> dict[str, float]:
+    """Images per second of the Shapes world: scenes + rendering + captions, and rendering alone."""
+    n = 2_000 if quick else 10_000
+    full = _timed(lambda: data.sample_batch(n, seed=1))
+    scenes = data.sample_scenes(n, seed=2)
+    render = _timed(lambda: data.render_batch(scenes))
+    return {"images": n, "sample_batch_img_per_s": round(n / full), "render_img_per_s": round(n / render)}
+
+
+def shapes_eval_acceptance(n: int = 1000, seed: int = 123) -> dict[str, float]:
+    """ShapesEval on real images: their own captions (must be >= 0.99) vs shuffled (<= 0.25)."""
+    images, paraphrases, scenes = data.sample_batch(n, seed)
+    canonical = [data.caption(s) for s in scenes]
+    shuffled = [canonical[i] for i in np.random.default_rng(seed).permutation(n)]
+    start = time.perf_counter()
+    own = metrics.shapes_eval(images, canonical)
+    seconds = time.perf_counter() - start
+    return {
+        "images": n,
+        "full_match_own_captions": own.full_match,
+        "full_match_paraphrased_captions": metrics.shapes_eval(images, paraphrases).full_match,
+        "full_match_shuffled_captions": metrics.shapes_eval(images, shuffled).full_match,
+        "eval_img_per_s": round(n / seconds),
+    }
+
+
+def bench_shapes_fid_floor(quick: bool) -> dict[str, float]:
+    """Shapes-FID between two independent sets of real images (the floor), by set size."""
+    from course import checkpoints
+    from course.classifiers import load_shapes_classifier
+
+    if "shapes-classifier" not in checkpoints.read_manifest():
+        return {"skipped": "shapes-classifier is not shipped yet (python -m course train shapes-classifier --ship)"}
+    classifier = load_shapes_classifier()
+    sizes = (500,) if quick else (500, 2000)
+    return {f"floor_n{n}": round(metrics.shapes_fid_floor(n, classifier=classifier), 3) for n in sizes}
+
+
+SECTIONS = {
+    "Shapes generator (issue: >= 10,000 images/s)": bench_shapes_generator,
+    "ShapesEval acceptance (real images: own >= 0.99, shuffled <= 0.25)": lambda quick: shapes_eval_acceptance(500 if quick else 2000),
+    "Shapes-FID real-vs-real floor": bench_shapes_fid_floor,
+}
+
+
+def run(quick: bool = False) -> dict[str, dict]:
+    """Run every section, print its figures, return them."""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    results = {}
+    for title, fn in SECTIONS.items():
+        print(f"\n== {title}")
+        try:
+            results[title] = fn(quick)
+        except ImportError as err:
+            results[title] = {"skipped": f"not available yet: {err}"}
+        for key, value in results[title].items():
+            print(f"  {key:<36} {value}")
+    return results

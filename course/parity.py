@@ -1,0 +1,43 @@
+"""Parity harness: each from-scratch component against its production counterpart.
+
+`compare(component, config, seed)` builds the reference class (diffusers / transformers) from
+`config` (the reference class's constructor arguments) with random weights, copies those
+weights into the course's module, feeds both the same random inputs in float32 and returns the
+largest absolute difference over everything the component outputs.
+
+Each chapter registers its component here by name; the function lives beside the component
+(`course.ddpm`, `course.vae`, ...) and is imported only when asked for, so that
+`import course` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> "module:function"; the function has the signature fn(config: dict | None, seed: int) -> float
+COMPONENTS: dict[str, str] = {
+    "ddpm_scheduler": "course.ddpm:parity_ddpm_scheduler",  # diffusers.DDPMScheduler
+    "ddim_scheduler": "course.ddpm:parity_ddim_scheduler",  # diffusers.DDIMScheduler
+    "vae": "course.vae:parity_vae",  # diffusers.AutoencoderKL
+    "unet": "course.unet:parity_unet",  # diffusers.UNet2DConditionModel
+}
+
+
+def compare(component: str, config: dict[str, Any] | None = None, seed: int = 0) -> float:
+    """Largest absolute difference between the course's `component` and its reference.
+
+    Args:
+        component: a registered name, one of `COMPONENTS`.
+        config: the reference class's constructor arguments; None takes a small default.
+        seed: seeds the random weights and inputs.
+
+    Returns:
+        max |course - reference| over all outputs, in float32.
+    """
+    if component not in COMPONENTS:
+        known = ", ".join(sorted(COMPONENTS))
+        raise KeyError(f"unknown parity component {component!r}; known components: {known}")
+    module_name, fn_name = COMPONENTS[component].split(":")
+    fn = getattr(importlib.import_module(module_name), fn_name)
+    return float(fn(config, seed))

@@ -1,0 +1,71 @@
+"""The course's named models: what `python -m course train|eval|generate NAME` can work on.
+
+Each model is a `ModelCard` naming the functions that build, train, evaluate and sample it;
+those functions live beside the model they belong to (`course.metrics`, `course.ddpm`, ...)
+and are imported only when a command needs them, so `import course.zoo` stays light.
+
+The functions' contracts:
+    train(steps: int | None, run_dir: Path, fresh: bool, progress: bool) -> Trained
+    load(tensors: dict[str, Tensor], config: dict) -> nn.Module        (weights already verified)
+    evaluate(model: nn.Module, quick: bool) -> dict[str, float]         (the manifest's metrics)
+    pipeline(model: nn.Module, config: dict) -> a pipeline with .generate(...) (generators only)
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str  # the name used on the command line and in the manifest
+    chapter: str  # the notebook that builds it, e.g. "00"
+    summary: str  # one line for listings
+    train: str  # "module:function", see the module docstring
+    load: str  # "module:function"
+    evaluate: str  # "module:function"
+    pipeline: str | None = None  # "module:function" for models that generate images
+
+
+@dataclass
+class Trained:
+    """What a training recipe returns: the weights to ship and how they were made."""
+
+    model: nn.Module  # the weights to ship (the EMA copy where the recipe keeps one)
+    config: dict[str, Any]  # the model config, enough for `load` to rebuild it
+    wall_time_s: float  # training time, including resumed segments
+    steps: int
+    interrupted: bool  # Ctrl-C: state saved in the run dir, not finished
+    notes: str = ""
+
+
+MODELS: dict[str, ModelCard] = {
+    card.name: card
+    for card in (
+        ModelCard(
+            "shapes-classifier", "00",
+            "Shapes classifier (colour×shape, cell, count) whose features give Shapes-FID",
+            train="course.classifiers:train_shapes_classifier",
+            load="course.classifiers:load_shapes_classifier_from",
+            evaluate="course.classifiers:evaluate_shapes_classifier",
+        ),
+    )
+}
+
+
+def card(name: str) -> ModelCard:
+    """The ModelCard for `name`; an unknown name gets an error listing the known ones."""
+    if name not in MODELS:
+        known = "\n".join(f"  {c.name:<20} (chapter {c.chapter}) {c.summary}" for c in MODELS.values())
+        raise KeyError(f"unknown model {name!r}. Known models:\n{known}")
+    return MODELS[name]
+
+
+def resolve(target: str) -> Callable:
+    """Import "module:function" and return the function."""
+    module_name, fn_name = target.split(":")
+    return getattr(importlib.import_module(module_name), fn_name)

@@ -1,0 +1,159 @@
+"""The Shapes world: determinism, geometry, the caption grammar and its parser, variants, toys."""
+
+import numpy as np
+import pytest
+
+from course import data
+
+
+def test_public_surface():
+    assert len(data.PALETTE) >= 6 and all(len(rgb) == 3 for rgb in data.PALETTE.values())
+    assert {"circle", "square", "triangle"} <= set(data.SHAPES)
+    assert data.POSITIONS == ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+    assert set(data.SIZES) == {"small", "large"}
+    assert len(data.BACKGROUND) == 3
+
+
+def test_palette_colours_are_well_separated():
+    colours = np.array([*data.PALETTE.values(), data.BACKGROUND], dtype=float)
+    dist = np.linalg.norm(colours[:, None] - colours[None], axis=-1)
+    assert dist[~np.eye(len(colours), dtype=bool)].min() > 100
+
+
+def test_scenes_are_deterministic_and_seed_dependent():
+    assert data.sample_scenes(50, seed=3) == data.sample_scenes(50, seed=3)
+    assert data.sample_scenes(50, seed=3) != data.sample_scenes(50, seed=4)
+    a = data.render_batch(data.sample_scenes(20, seed=3))
+    assert np.array_equal(a, data.render_batch(data.sample_scenes(20, seed=3)))
+
+
+def test_render_shape_dtype_and_colours():
+    scene = data.Scene((data.SceneObject("red", "circle", "center", "large"),))
+    image = data.render(scene)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert tuple(image[0, 0]) == data.BACKGROUND and tuple(image[32, 32]) == data.PALETTE["red"]
+    colours = {tuple(c) for c in image.reshape(-1, 3)}
+    assert colours == {data.BACKGROUND, data.PALETTE["red"]}
+
+
+@pytest.mark.parametrize("shape, fill", [("square", 1.0), ("circle", np.pi / 4), ("triangle", 0.5)])
+def test_shape_areas_match_geometry(shape, fill):
+    image = data.render(data.Scene((data.SceneObject("blue", shape, "center", "large"),)))
+    area = (image == data.PALETTE["blue"]).all(-1).sum()
+    assert abs(area / data.SIZES["large"] ** 2 - fill) < 0.06
+
+
+def test_position_word_is_the_cell_of_the_centre():
+    for position in data.POSITIONS:
+        image = data.render(data.Scene((data.SceneObject("green", "square", position, "small"),)))
+        ys, xs = np.nonzero((image == data.PALETTE["green"]).all(-1))
+        cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+        assert data.POSITIONS[int(cy // (64 / 3)) * 3 + int(cx // (64 / 3))] == position
+
+
+def test_two_objects_never_touch():
+    for scene, image in zip(data.sample_scenes(300, seed=7, p_two=1.0), data.render_batch(data.sample_scenes(300, seed=7, p_two=1.0))):
+        a, b = (np.nonzero((image == data.PALETTE[o.color]).all(-1)) for o in scene.objects)
+        gap = np.abs(a[0][:, None] - b[0][None]) + np.abs(a[1][:, None] - b[1][None])
+        assert gap.min() > 1
+        assert scene.objects[0].color != scene.objects[1].color
+
+
+def test_canonical_caption_round_trips():
+    for scene in data.sample_scenes(200, seed=1):
+        parsed = data.parse(data.caption(scene))
+        assert [(o.color, o.shape, o.position, o.size) for o in parsed.objects] == [
+            (o.color, o.shape, o.position, o.size) for o in scene.objects
+        ]
+
+
+def test_paraphrases_parse_to_what_they_state():
+    rng = np.random.default_rng(0)
+    seen = set()
+    for scene in data.sample_scenes(1000, seed=2):
+        text = data.caption(scene, rng)
+        seen.add(text.split()[0] + (" relation" if data.parse(text).relation else ""))
+        parsed = data.parse(text)
+        for p, o in zip(parsed.objects, scene.objects):
+            assert (p.color, p.shape) == (o.color, o.shape)
+            assert p.position in (None, o.position) and p.size in (None, o.size)
+        if parsed.relation:
+            assert data.relation_holds(parsed.relation, scene.objects[0].position, scene.objects[1].position)
+    assert {"a", "an", "a relation"} <= seen  # prefixes ("an image of") and relations both occur
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("a red circle", [("red", "circle", None, None)]),
+    ("A big Blue square in the middle.", [("blue", "square", "center", "large")]),
+    ("an image of a little cyan triangle at the top", [("cyan", "triangle", "top", "small")]),
+    ("a yellow triangle to the left of a green circle", [("yellow", "triangle", None, None), ("green", "circle", None, None)]),
+    ("a small purple square on the right and a large red circle in the bottom left",
+     [("purple", "square", "right", "small"), ("red", "circle", "bottom left", "large")]),
+])
+def test_parse_examples(text, expected):
+    scene = data.parse(text)
+    assert [(o.color, o.shape, o.position, o.size) for o in scene.objects] == expected
+
+
+def test_parse_names_the_unknown_word_and_lists_the_vocabulary():
+    with pytest.raises(ValueError, match=r"unknown word 'pink'.*vocabulary is: .*red"):
+        data.parse("a pink circle")
+    with pytest.raises(ValueError, match="COLOUR SHAPE"):
+        data.parse("a circle red")
+    with pytest.raises(ValueError, match="at most two objects"):
+        data.parse("a red circle and a blue square and a green triangle")
+
+
+def test_unknown_attribute_is_refused():
+    with pytest.raises(ValueError, match="unknown colour 'pink'"):
+        data.SceneObject("pink", "circle")
+    with pytest.raises(ValueError, match="needs a position and a size"):
+        data.render(data.parse("a red circle"))
+
+
+def test_complete_scene_respects_the_relation():
+    scene = data.parse("a red circle above a blue square")
+    for seed in range(20):
+        full = data.complete_scene(scene, seed)
+        assert full.is_complete
+        assert data.relation_holds("above", full.objects[0].position, full.objects[1].position)
+
+
+def test_tensor_round_trip():
+    images = data.render_batch(data.sample_scenes(4, seed=0))
+    x = data.to_tensor(images)
+    assert x.shape == (4, 3, 64, 64) and x.min() >= -1 and x.max() <= 1
+    assert np.array_equal(data.to_images(x), images)
+    assert data.to_tensor(images, size=32).shape == (4, 3, 32, 32)
+
+
+def test_variants_record_sdxl_conditioning():
+    variants = data.sample_variants(200, seed=0)
+    kinds = {("crop" if v.crop_top_left != (0, 0) or v.original_size[0] > 64 else "low" if v.original_size[0] < 64 else "plain") for v in variants}
+    assert kinds == {"crop", "low", "plain"}
+    for v in variants:
+        assert v.image.shape == (64, 64, 3) and v.image.dtype == np.uint8
+        top, left = v.crop_top_left
+        assert 0 <= top <= v.original_size[0] - 64 or v.original_size[0] < 64
+    cropped = [v for v in variants if v.original_size[0] > 64]
+    plain_pixels = [(v.image != data.BACKGROUND).any(-1).sum() for v in cropped]
+    assert min(plain_pixels) >= 0  # a crop may miss every shape; it must still be a valid image
+
+
+@pytest.mark.parametrize("name", data.TOYS)
+def test_toys(name):
+    points = data.toy_2d(name, 500, seed=0)
+    assert points.shape == (500, 2) and points.dtype == np.float32
+    assert np.abs(points).max() < 4
+    assert np.array_equal(points, data.toy_2d(name, 500, seed=0))
+
+
+def test_checkerboard_only_dark_squares():
+    points = data.toy_2d("checkerboard", 2000) / 1.5 + 2.0  # back to board coordinates [0, 4)
+    cells = np.floor(points).astype(int)
+    assert ((cells[:, 0] + cells[:, 1]) % 2 == 0).all()
+
+
+def test_unknown_toy():
+    with pytest.raises(ValueError, match="choose one of: moons, checkerboard, rings"):
+        data.toy_2d("spirals", 10)

@@ -1,0 +1,83 @@
+"""ShapesEval's detector and scores, and the Fréchet distance behind Shapes-FID."""
+
+import numpy as np
+import pytest
+import torch
+
+from course import data, metrics
+from course.classifiers import ClassifierConfig, FeatureClassifier
+
+
+def _image(*objects):
+    return data.render(data.Scene(tuple(data.SceneObject(*o) for o in objects)))
+
+
+def test_detect_finds_each_attribute():
+    image = _image(("red", "triangle", "top left", "small"), ("cyan", "square", "bottom right", "large"))
+    found = {(d.color, d.shape, d.position, d.size) for d in metrics.detect(image)}
+    assert found == {("red", "triangle", "top left", "small"), ("cyan", "square", "bottom right", "large")}
+
+
+def test_real_images_score_full_marks_and_shuffled_captions_fail():
+    images, paraphrased, scenes = data.sample_batch(300, seed=11)
+    canonical = [data.caption(s) for s in scenes]
+    assert metrics.shapes_eval(images, canonical).full_match >= 0.99
+    assert metrics.shapes_eval(images, paraphrased).full_match >= 0.99
+    shuffled = [canonical[i] for i in np.random.default_rng(0).permutation(300)]
+    assert metrics.shapes_eval(images, shuffled).full_match <= 0.25
+
+
+def test_detector_survives_blur_and_noise():
+    images, _, scenes = data.sample_batch(200, seed=12)
+    x = data.to_tensor(images)
+    x = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    x = x + 0.03 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    report = metrics.shapes_eval(data.to_images(x), [data.caption(s) for s in scenes])
+    assert report.full_match >= 0.9  # a 3×3 box blur rounds a 10-pixel square; most must survive
+
+
+def test_partial_scores_separate_the_failure_kinds():
+    image = _image(("red", "square", "top left", "large"), ("blue", "circle", "bottom right", "large"))
+    swapped = metrics.score_image(image, "a red circle and a blue square")  # colours on the wrong shapes
+    assert (swapped.color, swapped.shape, swapped.binding, swapped.full_match) == (1.0, 1.0, 0.0, False)
+    moved = metrics.score_image(image, "a red square in the center and a blue circle in the bottom right")
+    assert (moved.binding, moved.position, moved.full_match) == (1.0, 0.5, False)
+    missing = metrics.score_image(image, "a red square")
+    assert not missing.count and not missing.full_match
+    relation = metrics.score_image(image, "a red square above a blue circle")
+    assert relation.full_match and relation.position == 1.0
+    wrong_relation = metrics.score_image(image, "a red square below a blue circle")
+    assert not wrong_relation.full_match and wrong_relation.position == 0.0
+
+
+def test_report_splits_by_number_of_objects():
+    images, _, scenes = data.sample_batch(60, seed=13)
+    report = metrics.shapes_eval(images, [data.caption(s) for s in scenes])
+    parts = report.by_objects()
+    assert set(parts) == {1, 2} and parts[1].n + parts[2].n == 60
+
+
+def test_shapes_eval_rejects_bad_input():
+    images, captions, _ = data.sample_batch(3, seed=0)
+    with pytest.raises(ValueError, match="one prompt per image"):
+        metrics.shapes_eval(images, captions[:2])
+    with pytest.raises(ValueError, match="uint8 images"):
+        metrics.shapes_eval(images.astype(np.float32), captions)
+
+
+def test_frechet_distance_closed_forms():
+    mu, sigma = np.zeros(3), np.eye(3)
+    assert abs(metrics.frechet_distance(mu, sigma, mu, sigma)) < 1e-9
+    # 1-D: (m1 - m2)^2 + s1^2 + s2^2 - 2 s1 s2 = 1 + 1 + 4 - 4
+    assert metrics.frechet_distance(np.zeros(1), np.eye(1), np.ones(1), 4 * np.eye(1)) == pytest.approx(2.0)
+
+
+def test_fid_is_smaller_between_like_sets():
+    torch.manual_seed(0)
+    classifier = FeatureClassifier(ClassifierConfig(feature_dim=16))
+    real_a = data.render_batch(data.sample_scenes(64, seed=1))
+    real_b = data.render_batch(data.sample_scenes(64, seed=2))
+    one_colour = data.render_batch([data.Scene((data.SceneObject("red", "circle", "center", "large"),))] * 64)
+    assert metrics.fid(classifier, real_a, real_b) < metrics.fid(classifier, real_a, one_colour)
+    with pytest.raises(ValueError, match="at least 32"):
+        metrics.fid(classifier, real_a[:10], real_b)
