@@ -46,7 +46,7 @@ class FeatureClassifier(nn.Module):
             layers += [nn.Conv2d(cin, cout, 3, padding=1, stride=stride), nn.GroupNorm(8, cout), nn.SiLU()]
             cin = cout
         self.body = nn.Sequential(*layers)
-        self.to_features = nn.Linear(4 * c, config.feature_dim)
+        self.to_features = nn.Linear(4 * c * data.GRID**2, config.feature_dim)
         self.head = nn.Linear(config.feature_dim, config.num_outputs)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,7 @@ class FeatureClassifier(nn.Module):
         size = self.config.image_size
         if x.shape[-1] != size or x.shape[-2] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-        h = self.body(x).mean(dim=(2, 3))  # (B, 4c) global average pool
+        h = F.adaptive_avg_pool2d(self.body(x), data.GRID).flatten(1)  # (B, 4c·3·3): one average per grid cell keeps where things are
         return F.silu(self.to_features(h))  # (B, feature_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -110,6 +110,14 @@ def cell_of(position: str) -> tuple[int, int]:
     return divmod(POSITIONS.index(position), GRID)
 
 
+def position_at(y: float, x: float, resolution: int = IMAGE_SIZE) -> str:
+    """The position word of the grid cell that holds pixel coordinates (y, x) (0 = top / left edge)."""
+    if not (0 <= y < resolution and 0 <= x < resolution):
+        raise ValueError(f"({y}, {x}) lies outside a {resolution}×{resolution} image")
+    cell = resolution / GRID
+    return POSITIONS[int(y // cell) * GRID + int(x // cell)]
+
+
 def relation_holds(relation: str, first: str, second: str) -> bool:
     """Whether `first` position is `relation` ("left of", ...) `second` position, by grid cell."""
     (r0, c0), (r1, c1) = cell_of(first), cell_of(second)
@@ -431,6 +439,29 @@ def sample_variants(n: int, seed: int = 0, *, p_crop: float = 0.4, p_lowres: flo
         else:
             variants.append(Variant(scene, render(scene), (IMAGE_SIZE, IMAGE_SIZE), (0, 0)))
     return variants
+
+
+def scene_explorer():
+    """Chapter 00's explorer: pick colour, shape, position, size and jitter; see the image and its caption."""
+    from course.widgets import Choice, Slider, explore
+
+    def panel(color: str, shape: str, position: str, size: str, jitter: float):
+        import matplotlib.pyplot as plt
+
+        scene = Scene((SceneObject(color, shape, position, size, (jitter, -jitter)),))
+        fig, ax = plt.subplots(figsize=(2.6, 2.8))
+        ax.imshow(render(scene))
+        ax.set_title(caption(scene), fontsize=8)
+        ax.set_xticks([i * IMAGE_SIZE / GRID for i in range(1, GRID)], [])
+        ax.set_yticks([i * IMAGE_SIZE / GRID for i in range(1, GRID)], [])
+        ax.grid(color="0.6", linewidth=0.5)
+        return fig
+
+    return explore(
+        panel, static={"position": ["top left", "center", "bottom right"], "shape": list(SHAPES)},
+        color=Choice(tuple(PALETTE)), shape=Choice(SHAPES), position=Choice(POSITIONS, "center"),
+        size=Choice(tuple(SIZES), "large"), jitter=Slider(-JITTER, JITTER, 0.5, 0.0),
+    )
 
 
 # ----------------------------------------------------------------------------- 2-D toy sets

@@ -92,12 +92,10 @@ def detect(image: np.ndarray) -> list[Detection]:
             if area < MIN_AREA * scale**2:
                 continue
             (y0, y1), (x0, x1) = (sl[0].start, sl[0].stop), (sl[1].start, sl[1].stop)
-            cell = resolution / data.GRID
-            row = min(int((y0 + y1) / 2 / cell), data.GRID - 1)
-            col = min(int((x0 + x1) / 2 / cell), data.GRID - 1)
             threshold = (data.SIZES["small"] + data.SIZES["large"]) / 2 * scale
             size = "large" if max(y1 - y0, x1 - x0) >= threshold else "small"
-            found.append(Detection(name, _classify_blob(mask), data.POSITIONS[row * data.GRID + col], size, area, (y0, x0, y1, x1)))
+            position = data.position_at((y0 + y1) / 2, (x0 + x1) / 2, resolution)  # centre of the bounding box
+            found.append(Detection(name, _classify_blob(mask), position, size, area, (y0, x0, y1, x1)))
     return sorted(found, key=lambda d: -d.area)
 
 

@@ -88,7 +88,20 @@ class Upsample2D(nn.Module):
 class DownBlock(nn.Module):
     """One level of the encoder: `num_layers` resnets (each followed by a Transformer2D when
     `transformer_layers` is set: diffusers' CrossAttnDownBlock2D; else DownBlock2D), then an
-    optional Downsample2D. Returns the output and every intermediate map as skips."""
+    optional Downsample2D. Returns the output and every intermediate map as skips.
+
+    Args:
+        in_ch, out_ch: channels in and out (the first resnet changes them).
+        temb_dim: width of the time embedding.
+        num_layers: resnets in the level.
+        add_downsample: halve H, W at the end (all levels but the last).
+        groups, eps, dropout: GroupNorm groups and epsilon, resnet dropout.
+        downsample_padding: padding of the stride-2 conv.
+        heads: attention heads of the Transformer2D blocks.
+        cross_attention_dim: width of the text tokens.
+        transformer_layers: transformer blocks per Transformer2D; None or 0 for no attention.
+        use_linear_projection: see `Transformer2D`.
+    """
 
     def __init__(self, in_ch, out_ch, temb_dim, num_layers, add_downsample, groups, eps, dropout,
                  downsample_padding=1, heads=1, cross_attention_dim=None, transformer_layers=None,
@@ -127,6 +140,13 @@ class MidBlock(nn.Module):
     "resnet" (UNet2DConditionModel's UNetMidBlock2D: a single resnet, NO attention) or
     "self_attn" (UNetMidBlock2D as DDPM's UNet2DModel builds it: GroupNorm self-attention
     between two resnets).
+
+    Args:
+        ch: channels C of the bottleneck.
+        temb_dim, groups, eps, dropout: as in `DownBlock`.
+        kind: "cross_attn", "resnet" or "self_attn".
+        heads: attention heads (the self-attention head dim is ch // heads).
+        cross_attention_dim, transformer_layers, use_linear_projection: for "cross_attn".
     """
 
     def __init__(self, ch, temb_dim, groups, eps, dropout, kind, heads=1, cross_attention_dim=None,
@@ -157,7 +177,16 @@ class MidBlock(nn.Module):
 class UpBlock(nn.Module):
     """One level of the decoder: `num_layers` resnets, each eating one skip (concatenated on
     channels) and followed by a Transformer2D if `transformer_layers` is set (diffusers'
-    CrossAttnUpBlock2D; else UpBlock2D), then an optional nearest Upsample2D."""
+    CrossAttnUpBlock2D; else UpBlock2D), then an optional nearest Upsample2D.
+
+    Args:
+        in_ch: channels of the skip eaten by the last resnet (the level below's width).
+        prev_ch: channels arriving from the level below (or the mid block).
+        out_ch: this level's width; the other skips have it too.
+        num_layers: resnets, one more than the down level's (it also eats the downsampler's skip).
+        add_upsample: double H, W at the end (all levels but the last).
+        other arguments: as in `DownBlock`.
+    """
 
     def __init__(self, in_ch, prev_ch, out_ch, temb_dim, num_layers, add_upsample, groups, eps, dropout,
                  heads=1, cross_attention_dim=None, transformer_layers=None, use_linear_projection=False):

@@ -1,0 +1,65 @@
+"""The command line and the model zoo: names, errors that list what is known, doctor."""
+
+import subprocess
+import sys
+
+import pytest
+
+from course import cli, doctor, parity, pipeline, zoo
+
+
+def test_every_zoo_function_resolves():
+    for card in zoo.MODELS.values():
+        for target in (card.train, card.load, card.evaluate, card.pipeline):
+            if target is not None:
+                assert callable(zoo.resolve(target)), target
+
+
+def test_unknown_model_lists_the_known_ones(capsys):
+    assert cli.main(["eval", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'no-such-model'" in err
+    for name in zoo.MODELS:
+        assert name in err
+
+
+def test_unknown_model_for_train_and_generate(capsys):
+    assert cli.main(["train", "sd9-shapes", "--steps", "1"]) == 2
+    assert "Known models" in capsys.readouterr().err
+    assert cli.main(["generate", "--model", "nope", "--prompt", "a red circle"]) == 2
+    assert "Known models" in capsys.readouterr().err
+
+
+def test_a_classifier_is_not_a_generator():
+    with pytest.raises(KeyError, match="does not generate images"):
+        pipeline.load("shapes-classifier")
+
+
+def test_unknown_parity_component():
+    with pytest.raises(KeyError, match="known components: .*ddpm_scheduler"):
+        parity.compare("not-a-component")
+
+
+def test_list_names_every_model(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in zoo.MODELS)
+
+
+def test_doctor_reports_a_version_mismatch(monkeypatch):
+    monkeypatch.setattr(doctor, "_pins", lambda: {"numpy": "0.0.1"})
+    findings = doctor.check_versions()
+    assert findings[0].status == "fail" and "pip install numpy==0.0.1" in findings[0].fix
+
+
+def test_doctor_exit_status_follows_failures(monkeypatch, capsys):
+    monkeypatch.setattr(doctor, "CHECKS", (lambda: [doctor.Finding("ok", "fine")],))
+    assert doctor.run() == 0
+    monkeypatch.setattr(doctor, "CHECKS", (lambda: [doctor.Finding("fail", "broken", "do this")],))
+    assert doctor.run() == 1
+    assert "fix: do this" in capsys.readouterr().out
+
+
+def test_python_dash_m_course_runs():
+    out = subprocess.run([sys.executable, "-m", "course", "list"], capture_output=True, text=True, check=True).stdout
+    assert "shapes-classifier" in out

@@ -1,0 +1,55 @@
+"""Run chapter notebooks and store only the outputs that nbval compares.
+
+    python tools/store_outputs.py notebooks/00_welcome.ipynb [...]
+
+Cells marked `# NBVAL_IGNORE_OUTPUT` (figures, timings, machine-dependent text) are stored
+empty; other cells keep their text outputs, with images dropped. Execution counts are cleared.
+The notebook runs as nbval runs it: in a fresh kernel, from the notebooks folder, with
+COURSE_STATIC_WIDGETS=1. Prints each notebook's wall time.
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+KEEP = {"text/plain", "text/markdown", "text/html"}
+
+
+def store(path: Path) -> float:
+    nb = nbformat.read(path, as_version=4)
+    os.environ["COURSE_STATIC_WIDGETS"] = "1"
+    start = time.perf_counter()
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    seconds = time.perf_counter() - start
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.execution_count = None
+        if "NBVAL_IGNORE_OUTPUT" in cell.source:
+            cell.outputs = []
+            continue
+        kept = []
+        for out in cell.outputs:
+            if out.output_type in ("display_data", "execute_result"):
+                out.data = {k: v for k, v in out.data.items() if k in KEEP}
+                out.pop("execution_count", None) if out.output_type == "display_data" else None
+                if out.output_type == "execute_result":
+                    out.execution_count = None
+                if not out.data:
+                    continue
+            if out.output_type == "error":
+                raise RuntimeError(f"{path}: a cell raised {out.ename}: {out.evalue}")
+            kept.append(out)
+        cell.outputs = kept
+    nb.metadata.pop("widgets", None)
+    nbformat.write(nb, path)
+    return seconds
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        print(f"{arg}: ran in {store(Path(arg)):.1f} s, outputs stored")
