@@ -28,7 +28,7 @@ lab: setup
 
 # The README's test command: unit and parity tests, then every notebook under nbval.
 test: setup
-	$(BIN)/python -m pytest tests notebooks --nbval --nbval-current-env --sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=300 $(TEST_ARGS)
+	$(BIN)/python -m pytest tests notebooks --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=300 $(TEST_ARGS)
 
 doctor: setup
 	$(BIN)/python -m course doctor

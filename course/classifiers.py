@@ -152,3 +152,80 @@ def evaluate_shapes_classifier(model: FeatureClassifier, quick: bool = False) ->
         "held_out_accuracy_two_objects": round(exact_match_accuracy(logits[two], targets[two]), 4),
         "held_out_images": n,
     }
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST classifier
+# The feature space of chapter 01's FID. 64 features (not 128) so that FID's covariance is usable
+# from 128 images on (`metrics.fid` asks for twice the feature size): the notebook can afford a
+# few hundred samples, not the tens of thousands an Inception FID wants.
+
+FASHION_CLASSIFIER = ClassifierConfig(in_channels=1, image_size=32, width=32, feature_dim=64, num_outputs=10)
+FASHION_CLASSIFIER_STEPS = 3000
+
+
+def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Translate each image by up to `max_shift` pixels (the padding is background, -1)."""
+    B, _, H, W = x.shape
+    padded = F.pad(x, (max_shift,) * 4, value=-1.0)  # (B, C, H + 2s, W + 2s)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, B), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy[i] : dy[i] + H, dx[i] : dx[i] + W] for i in range(B)])  # (B, C, H, W)
+
+
+def fashion_batch(step: int, batch_size: int, generator: torch.Generator):
+    """A random batch of Fashion-MNIST training images (shifted and blurred a little) and labels."""
+    from course import fashion_mnist
+
+    images, labels = fashion_mnist.load_fashion_mnist("train")
+    idx = torch.randint(0, len(images), (batch_size,), generator=generator).numpy()
+    x = fashion_mnist.to_tensor_32(images[idx])  # (B, 1, 32, 32)
+    return _augment(_shift(x, generator), generator), torch.from_numpy(labels[idx])
+
+
+def cross_entropy_loss(model, batch, generator):
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def train_fashion_classifier(steps: int | None, run_dir: Path, fresh: bool, progress: bool) -> Trained:
+    """Train the Fashion-MNIST classifier with the course's training loop."""
+    from course.train import TrainConfig, fit
+
+    torch.manual_seed(0)
+    model = FeatureClassifier(FASHION_CLASSIFIER)
+    steps = steps or FASHION_CLASSIFIER_STEPS
+    config = TrainConfig(steps=steps, batch_size=128, lr=2e-3, weight_decay=1e-4, warmup_steps=min(50, steps // 10),
+                         schedule="cosine", ema_decay=0.99, checkpoint_every=250, log_every=25)
+    result = fit(model, cross_entropy_loss, fashion_batch, config, run_dir, resume=not fresh, progress=progress)
+    return Trained(
+        model=result.ema if result.ema is not None else result.model, config=asdict(FASHION_CLASSIFIER),
+        wall_time_s=result.wall_time_s, steps=result.step, interrupted=result.interrupted,
+    )
+
+
+def load_fashion_classifier_from(tensors: dict[str, torch.Tensor], config: dict) -> FeatureClassifier:
+    from course import checkpoints
+
+    model = FeatureClassifier(ClassifierConfig(**config))
+    checkpoints.load_into(model, tensors, source="fashion-classifier")
+    return model.eval()
+
+
+def load_fashion_classifier(checkpoint: str | Path | None = None) -> FeatureClassifier:
+    """The shipped Fashion-MNIST classifier (or one from `checkpoint`), hash-verified, in eval mode."""
+    from course import checkpoints
+
+    tensors, entry = checkpoints.load_checkpoint(None if checkpoint else "fashion-classifier", checkpoint)
+    return load_fashion_classifier_from(tensors, entry["config"])
+
+
+@torch.no_grad()
+def evaluate_fashion_classifier(model: FeatureClassifier, quick: bool = False) -> dict[str, float]:
+    """Accuracy on the Fashion-MNIST test set (all 10,000 images; 2,000 when quick)."""
+    from course import fashion_mnist
+
+    images, labels = fashion_mnist.load_fashion_mnist("test")
+    n = 2000 if quick else len(images)
+    x = fashion_mnist.to_tensor_32(images[:n])
+    logits = torch.cat([model(x[i : i + 500]) for i in range(0, n, 500)])
+    return {"test_accuracy": round(float((logits.argmax(1) == torch.from_numpy(labels[:n])).float().mean()), 4),
+            "test_images": n}

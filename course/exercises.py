@@ -343,3 +343,112 @@ def check_position_at(fn) -> bool:
         "top / middle / bottom, col = x // (64/3) picks left / centre / right, and the position "
         "word is POSITIONS[3 * row + col]"
     ))
+
+
+def check_reparameterize(fn) -> bool:
+    """Chapter 02: the learner's `reparameterize(mean, logvar, eps)` against `course.vae.reparameterize`."""
+    import torch
+
+    from course.vae import reparameterize
+
+    g = torch.Generator().manual_seed(2)
+    mean, logvar, eps = (torch.randn(2, 4, 3, 3, generator=g) for _ in range(3))
+    cases = [
+        Case(args=(mean, torch.zeros_like(mean), eps), label="logvar = 0: std = 1, so z = mean + eps"),
+        Case(args=(mean, logvar, eps), label="a batch of 2 latents (B, C, h, w) = (2, 4, 3, 3)"),
+        Case(args=(mean, torch.full_like(mean, -4.0), torch.ones_like(mean)), label="logvar = -4: std = exp(-2)"),
+        Case(args=(torch.zeros(1, 4, 2, 2), 2.0 * logvar[:1, :, :2, :2], eps[:1, :, :2, :2]), label="mean = 0"),
+    ]
+    return run_cases(fn, reparameterize, cases, name="reparameterize", hint=(
+        "z = mean + std * eps with std = exp(logvar / 2): logvar is the log of the VARIANCE, so "
+        "exp(logvar) is the variance, not the standard deviation; use the eps you are given "
+        "(do not draw a new one)"
+    ))
+
+
+def check_kl(fn) -> bool:
+    """Chapter 02: the learner's `gaussian_kl(mean, logvar)` against `course.vae.gaussian_kl`."""
+    import torch
+
+    from course.vae import gaussian_kl
+
+    g = torch.Generator().manual_seed(3)
+    mean, logvar = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
+    cases = [
+        Case(args=(torch.zeros(2, 4, 2, 2), torch.zeros(2, 4, 2, 2)), label="q = N(0, I): the KL is 0"),
+        Case(args=(mean, torch.zeros_like(mean)), label="unit variance: KL = sum(mean^2) / 2"),
+        Case(args=(mean, logvar), label="a batch of 3 posteriors (B, C, h, w) = (3, 4, 2, 2)"),
+        Case(args=(torch.zeros(1, 4, 8, 8), torch.full((1, 4, 8, 8), -6.0)), label="a narrow posterior at 0"),
+    ]
+    return run_cases(fn, gaussian_kl, cases, name="gaussian_kl", hint={
+        "shape": "return one KL per sample, shape (B,): sum over every dimension but the batch",
+        "values": "KL(N(mean, var) || N(0, 1)) = 0.5 * (mean^2 + var - 1 - logvar) per value, summed "
+                  "(not averaged) over the latent's values; var = exp(logvar)",
+    })
+
+
+def check_q_sample(fn) -> bool:
+    """Chapter 01: the learner's `q_sample(x0, t, eps, alpha_bar)` against `course.ddpm.q_sample`."""
+    import torch
+
+    from course.ddpm import SCHEDULES, q_sample
+
+    g = torch.Generator().manual_seed(0)
+    linear, cosine = SCHEDULES["ddpm_linear"].alpha_bar, SCHEDULES["cosine"].alpha_bar
+    images = torch.randn(4, 1, 32, 32, generator=g)
+    points = torch.randn(6, 2, generator=g)
+    cases = [
+        Case(args=(images, 0, torch.randn(4, 1, 32, 32, generator=g), linear), label="t = 0 keeps almost all of x0"),
+        Case(args=(images, torch.tensor([0, 10, 500, 999]), torch.randn(4, 1, 32, 32, generator=g), linear),
+             label="a batch of images, one t per image"),
+        Case(args=(points, torch.tensor([1, 100, 300, 600, 900, 999]), torch.randn(6, 2, generator=g), cosine),
+             label="2-D points, cosine schedule"),
+        Case(args=(images, 250, torch.randn(4, 1, 32, 32, generator=g), cosine), label="one int t for the batch"),
+    ]
+    return run_cases(fn, q_sample, cases, name="q_sample", hint={
+        "values": "xt = sqrt(alpha_bar[t]) * x0 + sqrt(1 - alpha_bar[t]) * eps: both coefficients are square "
+                  "roots, and alpha_bar is indexed at t (not t - 1, not the betas)",
+        "shape": "index alpha_bar[t] and reshape it to (B, 1, 1, 1) (one value per sample) so that it "
+                 "broadcasts over the other dimensions of x0",
+        "error": "t is either one int or a (B,) tensor: alpha_bar[t] then has shape () or (B,); reshape "
+                 "the (B,) case to (B, 1, ..., 1) before multiplying",
+    })
+
+
+def _ddim_step_reference(eps, t, xt, alpha_bar, prev_t, eta=0.0, noise=None):
+    """`course.ddpm.ddim_step` for an eps-prediction model, no clipping, alpha_bar past the end = 1."""
+    from course.ddpm import Schedule, ddim_step
+
+    schedule = Schedule(num_train_timesteps=len(alpha_bar), clip_sample=False)
+    schedule.__dict__["alpha_bar"] = alpha_bar  # the cached property, set to the learner's alpha_bar
+    return ddim_step(eps, t, xt, schedule, prev_t, eta, noise).x_prev
+
+
+def check_ddim_step(fn) -> bool:
+    """Chapter 01: the learner's `ddim_step(eps, t, xt, alpha_bar, prev_t, eta=0.0, noise=None)` -> x_prev."""
+    import torch
+
+    from course.ddpm import SCHEDULES
+
+    g = torch.Generator().manual_seed(1)
+    cosine, linear = SCHEDULES["cosine"].alpha_bar, SCHEDULES["ddpm_linear"].alpha_bar
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g)
+
+    cases = [
+        Case(args=(randn(3, 1, 8, 8), 999, randn(3, 1, 8, 8), linear, 899), label="eta = 0, t = 999 -> 899"),
+        Case(args=(randn(3, 1, 8, 8), 500, randn(3, 1, 8, 8), cosine, 450), label="eta = 0, cosine schedule"),
+        Case(args=(randn(3, 1, 8, 8), 40, randn(3, 1, 8, 8), cosine, -1),
+             label="the last step: prev_t = -1 means alpha_bar_prev = 1 (clean data)"),
+        Case(args=(randn(5, 2), 700, randn(5, 2), linear, 600), kwargs={"eta": 0.5, "noise": randn(5, 2)},
+             label="eta = 0.5 adds sigma * noise"),
+        Case(args=(randn(5, 2), 300, randn(5, 2), cosine, 200), kwargs={"eta": 1.0, "noise": randn(5, 2)},
+             label="eta = 1: DDPM's posterior noise"),
+    ]
+    return run_cases(fn, _ddim_step_reference, cases, name="ddim_step", atol=1e-5, hint={
+        "values": "x0_hat = (xt - sqrt(1 - ab_t) eps) / sqrt(ab_t); sigma = eta * sqrt((1 - ab_prev) / (1 - ab_t)) "
+                  "* sqrt(1 - ab_t / ab_prev); x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps "
+                  "+ sigma * noise. At prev_t = -1 use ab_prev = 1: alpha_bar[-1] is the noisiest value, not 1",
+        "shape": "x_prev has the shape of xt",
+    })

@@ -64,32 +64,58 @@ def _classify_blob(mask: np.ndarray) -> str:
     return "square" if mask[corners].mean() > 0.5 else "circle"
 
 
-def detect(image: np.ndarray) -> list[Detection]:
+def label_pixels(images: np.ndarray) -> np.ndarray:
+    """Each pixel's nearest colour: 0 background, k the k-th palette colour (1-based), -1 none.
+
+    Args:
+        images: uint8 (B, H, W, 3).
+
+    Returns:
+        int8 (B, H, W); a pixel farther than COLOR_TOLERANCE from every colour gets -1.
+    """
+    colors = np.array([data.BACKGROUND, *data.PALETTE.values()], dtype=np.float32)  # (K+1, 3)
+    x = images.astype(np.float32)  # (B, H, W, 3); integer-valued, so the sums below are exact in float32
+    # |x - c|² = |x|² - 2 x·c + |c|²: one small matrix product instead of a (B, H, W, K+1, 3) difference
+    dist2 = (x * x).sum(-1, keepdims=True) - 2 * x @ colors.T + (colors * colors).sum(-1)  # (B, H, W, K+1)
+    label = dist2.argmin(-1).astype(np.int8)
+    label[dist2.min(-1) > COLOR_TOLERANCE**2] = -1  # far from every colour: belongs to nothing
+    return label
+
+
+def _check_images(images: np.ndarray, what: str) -> None:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(
+            f"{what} expects square uint8 RGB images (B, H, H, 3), got {images.dtype} {images.shape}; "
+            "convert model outputs with course.data.to_images"
+        )
+
+
+def detect(image: np.ndarray, label: np.ndarray | None = None) -> list[Detection]:
     """Find the objects in one Shapes-like image.
 
     Args:
         image: uint8 (H, W, 3), any square size (thresholds scale with H/64).
+        label: its `label_pixels` map (H, W), if already computed for a batch.
 
     Returns:
         the detected objects, largest first.
     """
-    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1]:
-        raise ValueError(f"detect expects one square RGB image (H, H, 3), got shape {image.shape}")
+    image = np.asarray(image)
+    _check_images(image[None], "detect")
+    label = label_pixels(image[None])[0] if label is None else label
     resolution = image.shape[0]
     scale = resolution / data.IMAGE_SIZE
-    colors = np.array([data.BACKGROUND, *data.PALETTE.values()], dtype=np.float32)  # (K+1, 3)
-    dist = np.linalg.norm(image[:, :, None, :].astype(np.float32) - colors, axis=-1)  # (H, W, K+1)
-    label = dist.argmin(-1)
-    label[dist.min(-1) > COLOR_TOLERANCE] = -1  # far from every colour: belongs to nothing
+    min_area = MIN_AREA * scale**2
+    counts = np.bincount(label.ravel().astype(np.int64) + 1, minlength=len(data.PALETTE) + 2)[2:]  # pixels per colour
     found = []
     for k, name in enumerate(data.PALETTE, start=1):
-        blobs, count = ndimage.label(label == k)
-        if count == 0:
+        if counts[k - 1] < min_area:  # most images hold one or two colours: skip the rest cheaply
             continue
+        blobs, count = ndimage.label(label == k)
         for i, sl in enumerate(ndimage.find_objects(blobs), start=1):
             mask = blobs[sl] == i
             area = int(mask.sum())
-            if area < MIN_AREA * scale**2:
+            if area < min_area:
                 continue
             (y0, y1), (x0, x1) = (sl[0].start, sl[0].stop), (sl[1].start, sl[1].stop)
             threshold = (data.SIZES["small"] + data.SIZES["large"]) / 2 * scale
@@ -161,10 +187,10 @@ def _matches(obj: data.SceneObject, det: Detection) -> bool:
     )
 
 
-def score_image(image: np.ndarray, prompt: str) -> ImageResult:
+def score_image(image: np.ndarray, prompt: str, label: np.ndarray | None = None) -> ImageResult:
     """Score one image against the prompt it was generated from (see `shapes_eval`)."""
     scene = data.parse(prompt)
-    dets = detect(image)
+    dets = detect(image, label)
     objs = scene.objects
     bound = [next((d for d in dets if d.color == o.color and d.shape == o.shape), None) for o in objs]
     positioned = [(o, d) for o, d in zip(objs, bound) if o.position is not None]
@@ -207,12 +233,12 @@ def shapes_eval(images: np.ndarray, prompts: list[str]) -> ShapesEvalReport:
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt per image")
     images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(
-            f"shapes_eval expects uint8 images (B, H, W, 3), got {images.dtype} {images.shape}; "
-            "convert model outputs with course.data.to_images"
-        )
-    return _summarise([score_image(im, p) for im, p in zip(images, prompts)])
+    _check_images(images, "shapes_eval")
+    results = []
+    for i in range(0, len(images), 256):  # label pixels a chunk at a time: vectorised, bounded memory
+        labels = label_pixels(images[i : i + 256])
+        results += [score_image(im, p, lab) for im, p, lab in zip(images[i : i + 256], prompts[i : i + 256], labels)]
+    return _summarise(results)
 
 
 # ----------------------------------------------------------------------------- FID

@@ -135,6 +135,34 @@ def count_parameters_meta(config: dict) -> int:
 # The posterior
 
 
+def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """z = mean + exp(logvar / 2) * eps: a sample of N(mean, exp(logvar)) that gradients flow through.
+
+    Args:
+        mean, logvar, eps: (B, C, H, W); eps ~ N(0, I) drawn by the caller.
+
+    Returns:
+        z, (B, C, H, W).
+
+    Ref: Kingma & Welling 2014, Sec. 2.4 (the reparameterisation trick).
+    """
+    return mean + (0.5 * logvar).exp() * eps
+
+
+def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, I)) = 0.5 * sum(mean^2 + exp(logvar) - 1 - logvar), per sample.
+
+    Args:
+        mean, logvar: (B, ...) the diagonal Gaussian's moments.
+
+    Returns:
+        (B,) the KL summed over every dimension but the batch.
+
+    Ref: Kingma & Welling 2014, App. B.
+    """
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(dim=1)
+
+
 class DiagonalGaussian:
     """q(z | x0) = N(mean, diag(exp(logvar))), one Gaussian per latent value.
 
@@ -166,14 +194,14 @@ class DiagonalGaussian:
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """z = mean + std * eps, eps ~ N(0, I): differentiable in mean and logvar."""
         eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return self.mean + self.std * eps
+        return reparameterize(self.mean, self.logvar, eps)
 
     def mode(self) -> torch.Tensor:
         return self.mean
 
     def kl(self) -> torch.Tensor:
         """KL(q || N(0, I)) = 0.5 * sum(mean^2 + var - 1 - logvar) per sample, shape (B,)."""
-        return 0.5 * (self.mean.pow(2) + self.var - 1.0 - self.logvar).sum(dim=(1, 2, 3))
+        return gaussian_kl(self.mean, self.logvar)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -53,6 +53,35 @@ MODELS: dict[str, ModelCard] = {
             load="course.classifiers:load_shapes_classifier_from",
             evaluate="course.classifiers:evaluate_shapes_classifier",
         ),
+        ModelCard(
+            "ddpm-fashion", "01",
+            "unconditional DDPM on Fashion-MNIST, 32x32 pixels (sample with DDPM or DDIM)",
+            train="course.ddpm_fashion:train_ddpm_fashion",
+            load="course.ddpm_fashion:load_ddpm_fashion",
+            evaluate="course.ddpm_fashion:evaluate_ddpm_fashion",
+            pipeline="course.ddpm_fashion:ddpm_fashion_pipeline",
+        ),
+        ModelCard(
+            "fashion-classifier", "01",
+            "Fashion-MNIST classifier (10 classes) whose features give the FID of chapter 01",
+            train="course.classifiers:train_fashion_classifier",
+            load="course.classifiers:load_fashion_classifier_from",
+            evaluate="course.classifiers:evaluate_fashion_classifier",
+        ),
+        ModelCard(
+            "vae-shapes", "02",
+            "VAE 64x64x3 -> 8x8x4 latents (f = 8, 4 channels) for Shapes, with per-channel latent normalisation",
+            train="course.latent:train_vae_shapes",
+            load="course.latent:load_codec_from",
+            evaluate="course.latent:evaluate_vae_shapes",
+        ),
+        ModelCard(
+            "ae-shapes", "02",
+            "plain autoencoder (no KL term), otherwise vae-shapes: chapter 02's autoencoder-vs-VAE comparison",
+            train="course.latent:train_ae_shapes",
+            load="course.latent:load_codec_from",
+            evaluate="course.latent:evaluate_vae_shapes",
+        ),
     )
 }
 

@@ -61,7 +61,7 @@ def test_shapes_eval_rejects_bad_input():
     images, captions, _ = data.sample_batch(3, seed=0)
     with pytest.raises(ValueError, match="one prompt per image"):
         metrics.shapes_eval(images, captions[:2])
-    with pytest.raises(ValueError, match="uint8 images"):
+    with pytest.raises(ValueError, match="uint8 RGB images"):
         metrics.shapes_eval(images.astype(np.float32), captions)
 
 

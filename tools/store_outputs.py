@@ -3,7 +3,8 @@
     python tools/store_outputs.py notebooks/00_welcome.ipynb [...]
 
 Cells marked `# NBVAL_IGNORE_OUTPUT` (figures, timings, machine-dependent text) are stored
-empty; other cells keep their text outputs, with images dropped. Execution counts are cleared.
+empty; other cells keep their text outputs, with images dropped. Execution counts stay: nbval
+treats a cell without one as never run.
 The notebook runs as nbval runs it: in a fresh kernel, from the notebooks folder, with
 COURSE_STATIC_WIDGETS=1. Prints each notebook's wall time.
 """
@@ -28,7 +29,6 @@ def store(path: Path) -> float:
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        cell.execution_count = None
         if "NBVAL_IGNORE_OUTPUT" in cell.source:
             cell.outputs = []
             continue
@@ -36,9 +36,6 @@ def store(path: Path) -> float:
         for out in cell.outputs:
             if out.output_type in ("display_data", "execute_result"):
                 out.data = {k: v for k, v in out.data.items() if k in KEEP}
-                out.pop("execution_count", None) if out.output_type == "display_data" else None
-                if out.output_type == "execute_result":
-                    out.execution_count = None
                 if not out.data:
                     continue
             if out.output_type == "error":

@@ -1,0 +1,435 @@
+"""Chapter 02: the `vae-shapes` recipe, normalised latents, and the chapter's explorers.
+
+`course.vae` builds the network (the layout of diffusers' `AutoencoderKL`); this module trains
+it on Shapes and turns it into the latent space every later chapter diffuses in:
+
+    x0 (B, 3, 64, 64) in [-1, 1]  --encode-->  z (B, 4, 8, 8), about N(0, 1) per channel
+    z                             --decode-->  x0_hat (B, 3, 64, 64)
+
+f = 8 and 4 channels, as Stable Diffusion's 512x512x3 -> 64x64x4: 12,288 values become 256,
+48x fewer (the 8x8 = 64x often quoted counts pixels and forgets that 3 colours become 4
+channels). The raw latents of a VAE trained with a weak KL term are not unit-scale (SD 1.x's
+had std ~5.5, hence its scaling factor 0.18215 = 1 / std); `LatentCodec` stores a per-channel
+shift and scale fitted on training images so later chapters get normalised latents.
+
+Reproduce the shipped weights with `python -m course train vae-shapes --ship`.
+
+Shape letters: B batch, C channels, H height, W width.
+Ref: Rombach et al. 2022 (LDM), Sec. 3 and 4.3.2; Kingma & Welling 2014 (VAE).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from course import data
+from course.vae import VAE, DiagonalGaussian, VAEConfig, fit_channel_normalization, fit_scaling_factor, foreground_weight, kl_loss, reconstruction_loss
+from course.zoo import Trained
+
+# ----------------------------------------------------------------------------- the recipe
+
+VAE_SHAPES = VAEConfig(block_out_channels=(8, 16, 32, 64), layers_per_block=1, norm_num_groups=4)
+VAE_SHAPES_STEPS = 2600
+AE_SHAPES = VAEConfig(**(asdict(VAE_SHAPES) | {"variational": False}))  # the same network, no KL: chapter 02's comparison
+AE_SHAPES_STEPS = 600
+BATCH_SIZE = 32
+KL_WEIGHT = 1e-6  # SD's weight, in SD's units: the KL summed over latent values against the reconstruction summed over pixels
+FOREGROUND_WEIGHT = 5.0  # shape pixels weigh 5x the background: colour errors on the objects are what ShapesEval sees
+HELD_OUT_SEED = 424_242  # evaluation scenes; training never draws this seed
+STATS_SEED = 31_337  # scenes whose latents fix the normalisation (training distribution, not the held-out set)
+STATS_IMAGES = 2048
+_BACKGROUND = torch.tensor(data.BACKGROUND, dtype=torch.float32) / 127.5 - 1  # (3,) in [-1, 1]
+
+
+def vae_loss(model: VAE, x0: torch.Tensor, generator: torch.Generator | None = None,
+             kl_weight: float = KL_WEIGHT, fg_weight: float = FOREGROUND_WEIGHT) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training loss of the VAE (or the plain autoencoder, which has no KL term).
+
+    loss = mean_pixels(w * (|x0_hat - x0| + (x0_hat - x0)^2)) + kl_weight * KL / (C * H * W)
+
+    Dividing the KL (summed over the latent's values) by the number of pixel values C*H*W puts it
+    in the same units as SD's loss, which sums the reconstruction error over pixels: SD's weight
+    1e-6 means the same here.
+
+    Args:
+        model: a `VAE`.
+        x0: (B, 3, H, W) images in [-1, 1].
+        generator: draws the reparameterisation noise eps.
+        kl_weight: weight of the KL term (ignored for a plain autoencoder).
+        fg_weight: weight of pixels that differ from the background (1 for the background).
+
+    Returns:
+        (the scalar loss, {"rec": ..., "kl": ...} as floats for logging).
+
+    Ref: Rombach et al. 2022, App. G (the KL-regularised autoencoder, weight 1e-6);
+        Kingma & Welling 2014, Eq. 10.
+    """
+    out = model(x0, sample_posterior=True, generator=generator)
+    weight = foreground_weight(x0, _BACKGROUND.to(x0), fg_weight) if fg_weight != 1.0 else None
+    rec = reconstruction_loss(out.sample, x0, weight)
+    if out.posterior is None:
+        return rec, {"rec": rec.item(), "kl": 0.0}
+    kl = kl_loss(out.posterior)
+    return rec + kl_weight * kl / x0[0].numel(), {"rec": rec.item(), "kl": kl.item()}
+
+
+def shapes_images(step: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """A fresh batch of Shapes images (B, 3, 64, 64) in [-1, 1] (never from the held-out seeds)."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    if seed in (HELD_OUT_SEED, STATS_SEED):
+        seed += 1
+    return data.to_tensor(data.render_batch(data.sample_scenes(batch_size, seed)))
+
+
+def _recipe_loss(model, x0, generator):
+    return vae_loss(model, x0, generator)[0]
+
+
+def _train_codec(vae_config: VAEConfig, steps: int, run_dir: Path, fresh: bool, progress: bool, notes: str) -> Trained:
+    """The recipe shared by `vae-shapes` and `ae-shapes`: fit, then fit the latent normalisation."""
+    from course.train import TrainConfig, fit
+
+    torch.manual_seed(0)
+    model = VAE(vae_config)
+    config = TrainConfig(steps=steps, batch_size=BATCH_SIZE, lr=2e-3, warmup_steps=min(100, steps // 10),
+                         schedule="cosine", ema_decay=0.999, checkpoint_every=100, log_every=50)
+    result = fit(model, _recipe_loss, shapes_images, config, run_dir, resume=not fresh, progress=progress)
+    codec = fit_codec((result.ema if result.ema is not None else result.model).eval())
+    notes = f"{steps} steps at batch {BATCH_SIZE} (~{result.wall_time_s / 60:.0f} min on one CPU thread). {notes}"
+    return Trained(model=codec, config=codec.config_dict(), wall_time_s=result.wall_time_s,
+                   steps=result.step, interrupted=result.interrupted, notes=notes)
+
+
+def train_vae_shapes(steps: int | None, run_dir: Path, fresh: bool, progress: bool) -> Trained:
+    """Train `vae-shapes`, then fit its latent normalisation (zoo train contract)."""
+    return _train_codec(VAE_SHAPES, steps or VAE_SHAPES_STEPS, run_dir, fresh, progress, notes=(
+        "Longer than the course's usual 30 min because every latent model of chapters 04-09 inherits "
+        "this VAE's reconstruction ceiling. Loss: L1 + L2 with shape pixels weighted 5x, KL weight 1e-6 (SD's)."))
+
+
+def train_ae_shapes(steps: int | None, run_dir: Path, fresh: bool, progress: bool) -> Trained:
+    """Train `ae-shapes`: the same network and loss without the KL term, for chapter 02's comparison."""
+    return _train_codec(AE_SHAPES, steps or AE_SHAPES_STEPS, run_dir, fresh, progress, notes=(
+        "A comparison model, trained for fewer steps than vae-shapes (CPU time); not used by later chapters."))
+
+
+# ----------------------------------------------------------------------------- normalised latents
+
+
+class LatentCodec(nn.Module):
+    """A trained VAE plus a per-channel latent normalisation: images <-> latents with std ~1.
+
+    z = (mean(q(z | x0)) - shift) * scale per channel; decode inverts it first.
+
+    Args:
+        vae: the trained VAE.
+        shift, scale: (C,) the per-channel normalisation (`fit_channel_normalization`).
+    """
+
+    def __init__(self, vae: VAE, shift: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        c = vae.config.latent_channels
+        if shift.shape != (c,) or scale.shape != (c,):
+            raise ValueError(f"shift and scale must have shape ({c},); got {tuple(shift.shape)}, {tuple(scale.shape)}")
+        self.vae = vae
+        # not saved in the weights file: they live in the checkpoint's config
+        self.register_buffer("shift", shift.float().clone(), persistent=False)
+        self.register_buffer("scale", scale.float().clone(), persistent=False)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the latent of one 64x64 Shapes image: (4, 8, 8)."""
+        f = self.vae.config.downsample_factor
+        return (self.vae.config.latent_channels, data.IMAGE_SIZE // f, data.IMAGE_SIZE // f)
+
+    def normalize(self, z_raw: torch.Tensor) -> torch.Tensor:
+        return (z_raw - self.shift.view(1, -1, 1, 1)) * self.scale.view(1, -1, 1, 1)  # (B, C, h, w)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z / self.scale.view(1, -1, 1, 1) + self.shift.view(1, -1, 1, 1)  # (B, C, h, w)
+
+    def encode(self, x0: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x0 (B, 3, 64, 64) in [-1, 1] -> normalised z (B, 4, 8, 8); the posterior mean unless `sample`."""
+        return self.normalize(_latent(self.vae.encode(x0), sample, generator))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """normalised z (B, 4, h, w) -> x0_hat (B, 3, 8h, 8w), clamped to [-1, 1]."""
+        return self.vae.decode(self.denormalize(z)).clamp(-1, 1)
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        """The reconstruction decode(encode(x0))."""
+        return self.decode(self.encode(x0))
+
+    def config_dict(self) -> dict:
+        """What the checkpoint's config holds: the VAE config plus the normalisation."""
+        return asdict(self.vae.config) | {"latent_shift": [float(v) for v in self.shift],
+                                          "latent_scale": [float(v) for v in self.scale]}
+
+
+@torch.no_grad()
+def raw_latents(vae: VAE, x0: torch.Tensor, sample: bool = False, batch_size: int = 256,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Unnormalised latents (B, C, h, w): posterior means, or samples z = mean + std * eps."""
+    out = []
+    for i in range(0, len(x0), batch_size):
+        out.append(_latent(vae.encode(x0[i : i + batch_size]), sample, generator))  # (b, C, h, w)
+    return torch.cat(out)
+
+
+def _latent(q: DiagonalGaussian | torch.Tensor, sample: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """The posterior's mean or a sample of it; a plain autoencoder's z as it is."""
+    if isinstance(q, DiagonalGaussian):
+        return q.sample(generator) if sample else q.mode()
+    return q
+
+
+def fit_codec(vae: VAE, n: int | None = None, seed: int = STATS_SEED) -> LatentCodec:
+    """Fit SD's global scaling factor and the per-channel normalisation on `n` Shapes images (default STATS_IMAGES).
+
+    The global factor is found as SD's 0.18215 was: 1 / std of posterior samples z of a batch of
+    training images, so that scaling_factor * z has unit variance. It is kept in the VAE config
+    (diffusers' `scaling_factor`); the codec uses the per-channel (shift, scale).
+
+    Ref: Rombach et al. 2022, Sec. 4.3.2 ("rescale the latent space by the component-wise std").
+    """
+    vae = vae.eval()
+    x0 = data.to_tensor(data.render_batch(data.sample_scenes(n or STATS_IMAGES, seed)))  # (n, 3, 64, 64)
+    z = raw_latents(vae, x0, sample=True, generator=torch.Generator().manual_seed(seed))  # (n, C, h, w)
+    if vae.config.variational:
+        config = VAEConfig(**(asdict(vae.config) | {"scaling_factor": round(fit_scaling_factor(z), 6)}))
+        fitted = VAE(config).eval()
+        fitted.load_state_dict(vae.state_dict())
+        vae = fitted
+    shift, scale = fit_channel_normalization(raw_latents(vae, x0))
+    return LatentCodec(vae, shift, scale).eval()
+
+
+def load_codec_from(tensors: dict[str, torch.Tensor], config: dict) -> LatentCodec:
+    """Rebuild a `LatentCodec` (`vae-shapes` or `ae-shapes`) from checkpoint tensors and config (zoo load contract)."""
+    from course import checkpoints
+
+    config = dict(config)
+    missing = {"latent_shift", "latent_scale"} - set(config)
+    if missing:
+        raise ValueError(f"the checkpoint's config lacks {sorted(missing)}: it is not a LatentCodec; retrain it "
+                         "with `python -m course train vae-shapes --ship`")
+    shift, scale = torch.tensor(config.pop("latent_shift")), torch.tensor(config.pop("latent_scale"))
+    codec = LatentCodec(VAE(VAEConfig(**config)), shift, scale)
+    checkpoints.load_into(codec, tensors, source="a LatentCodec checkpoint")
+    return codec.eval()
+
+
+def load_vae_shapes(checkpoint: str | Path | None = None, name: str = "vae-shapes") -> LatentCodec:
+    """The shipped codec `name` ("vae-shapes" or "ae-shapes"), or one from `checkpoint`, hash-verified, in eval mode."""
+    from course import checkpoints
+
+    tensors, entry = checkpoints.load_checkpoint(None if checkpoint else name, checkpoint)
+    return load_codec_from(tensors, entry["config"])
+
+
+@torch.no_grad()
+def encode_images(codec: LatentCodec, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Shapes images -> normalised latents (B, 4, 8, 8): what chapters 04-09 diffuse.
+
+    Args:
+        images: uint8 (B, 64, 64, 3) as `data.render_batch` gives, or float (B, 3, 64, 64) in [-1, 1].
+    """
+    x0 = data.to_tensor(images) if isinstance(images, np.ndarray) else images
+    if x0.ndim != 4 or x0.shape[1:] != (3, data.IMAGE_SIZE, data.IMAGE_SIZE):
+        raise ValueError(f"expected Shapes images (B, 3, 64, 64) or uint8 (B, 64, 64, 3); got {tuple(x0.shape)}")
+    device = codec.shift.device
+    return torch.cat([codec.encode(x0[i : i + batch_size].to(device)) for i in range(0, len(x0), batch_size)])
+
+
+@torch.no_grad()
+def decode_latents(codec: LatentCodec, z: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Normalised latents (B, 4, 8, 8) -> uint8 images (B, 64, 64, 3)."""
+    if z.ndim != 4 or tuple(z.shape[1:2]) != codec.latent_shape[:1]:
+        raise ValueError(f"expected latents (B, {codec.latent_shape[0]}, h, w); got {tuple(z.shape)}")
+    device = codec.shift.device
+    return np.concatenate([data.to_images(codec.decode(z[i : i + batch_size].to(device))) for i in range(0, len(z), batch_size)])
+
+
+def encode_scenes(codec: LatentCodec, scenes: list[data.Scene], batch_size: int = 256) -> torch.Tensor:
+    """Render scenes and encode them: a latent data set to cache once and train on."""
+    return torch.cat([encode_images(codec, data.render_batch(scenes[i : i + batch_size])) for i in range(0, len(scenes), batch_size)])
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def psnr(x_hat: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Per-image PSNR in dB of uint8 images (B, H, W, 3): 10 log10(255^2 / MSE)."""
+    mse = ((x_hat.astype(np.float64) - x.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
+    return 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
+
+
+@torch.no_grad()
+def evaluate_vae_shapes(model: LatentCodec, quick: bool = False) -> dict[str, float]:
+    """Held-out reconstruction quality: PSNR, and ShapesEval on the reconstructions (zoo contract).
+
+    Reconstructions go through the normalised latents (encode then decode), as a latent model's
+    samples do. ShapesEval scores them against the captions of the originals.
+    """
+    from course import metrics
+
+    n = 256 if quick else 1000
+    scenes = data.sample_scenes(n, HELD_OUT_SEED)
+    images = data.render_batch(scenes)
+    recon = decode_latents(model, encode_images(model, images))
+    report = metrics.shapes_eval(recon, [data.caption(s) for s in scenes])
+    by = report.by_objects()
+    p = psnr(recon, images)
+    cfg = model.vae.config
+    return {
+        "held_out_images": n,
+        "psnr_db": round(float(p.mean()), 2),
+        "psnr_db_worst_decile": round(float(np.quantile(p, 0.1)), 2),
+        "shapes_eval_full_match": round(report.full_match, 4),
+        "shapes_eval_full_match_one_object": round(by[1].full_match, 4) if 1 in by else math.nan,
+        "shapes_eval_full_match_two_objects": round(by[2].full_match, 4) if 2 in by else math.nan,
+        "scaling_factor": round(cfg.scaling_factor, 5),
+        "latent_raw_std_min": round(float((1 / model.scale).min()), 3),
+        "latent_raw_std_max": round(float((1 / model.scale).max()), 3),
+    }
+
+
+# ----------------------------------------------------------------------------- cost of pixel vs latent diffusion
+
+
+def denoiser_config(space: str):
+    """The same conv U-Net (widths of chapter 04's "shapes-latent") on 64x64x3 pixels or on 8x8x4 latents.
+
+    Unconditional and without attention, so the comparison isolates what the VAE changes: the
+    number of positions the denoiser runs on. (With self-attention at full resolution the pixel
+    model would fare far worse: attention costs grow with the square of the positions.)
+    """
+    from course.unet import PLAIN_DOWN, PLAIN_MID, PLAIN_UP, UNetConfig, get_preset
+
+    widths = get_preset("shapes-latent").block_out_channels
+    channels, size = {"pixels": (3, data.IMAGE_SIZE), "latents": (4, data.IMAGE_SIZE // VAE_SHAPES.downsample_factor)}[space]
+    n = len(widths)
+    return UNetConfig(in_channels=channels, out_channels=channels, sample_size=size, block_out_channels=widths,
+                      down_block_types=(PLAIN_DOWN,) * n, mid_block_type=PLAIN_MID, up_block_types=(PLAIN_UP,) * n,
+                      layers_per_block=1, num_heads=1, cross_attention_dim=None, norm_num_groups=32)
+
+
+def _best_time(fn, repeat: int) -> float:
+    import time
+
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def pixel_vs_latent_cost(batch_size: int = 8, sampling_steps: int = 50, repeat: int = 2) -> dict[str, float]:
+    """Measure one diffusion training step and one sampling run in pixel space and in latent space.
+
+    A training step is a forward and backward pass of the denoiser on a batch of noisy inputs; a
+    sampling run is `sampling_steps` forward passes, plus one VAE decode for the latent model
+    (the encoder is not needed to sample; to train, latents are encoded once and cached).
+
+    Returns:
+        seconds per image for each, and the ratios pixel / latent.
+    """
+    from course.unet import UNet
+    from course.vae import VAE as _VAE
+
+    out = {}
+    torch.manual_seed(0)
+    for space in ("pixels", "latents"):
+        cfg = denoiser_config(space)
+        model = UNet(cfg)
+        xt = torch.randn(batch_size, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        t = torch.randint(0, 1000, (batch_size,))
+
+        def train_step():
+            model.zero_grad(set_to_none=True)
+            (model(xt, t) - xt).pow(2).mean().backward()
+
+        def forward():
+            with torch.no_grad():
+                model(xt, t)
+
+        out[f"{space}_params"] = sum(p.numel() for p in model.parameters())
+        out[f"{space}_train_ms_per_image"] = 1e3 * _best_time(train_step, repeat) / batch_size
+        out[f"{space}_forward_ms_per_image"] = 1e3 * _best_time(forward, repeat) / batch_size
+    decoder = _VAE(VAE_SHAPES).eval()
+    z = torch.randn(batch_size, 4, 8, 8)
+    with torch.no_grad():
+        out["vae_decode_ms_per_image"] = 1e3 * _best_time(lambda: decoder.decode(z), repeat) / batch_size
+    out["pixels_sample_ms_per_image"] = sampling_steps * out["pixels_forward_ms_per_image"]
+    out["latents_sample_ms_per_image"] = sampling_steps * out["latents_forward_ms_per_image"] + out["vae_decode_ms_per_image"]
+    out["train_step_ratio"] = out["pixels_train_ms_per_image"] / out["latents_train_ms_per_image"]
+    out["sampling_ratio"] = out["pixels_sample_ms_per_image"] / out["latents_sample_ms_per_image"]
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- chapter 02's explorers
+
+_CMAP_RANGE = 3.0  # normalised latents are shown on a diverging colour map over [-3, 3]
+
+
+def _strip(panels: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    """Panels (64, 64, 3) uint8 side by side with white gaps."""
+    h = panels[0].shape[0]
+    sep = np.full((h, gap, 3), 255, np.uint8)
+    return np.concatenate([p for panel in panels for p in (panel, sep)][:-1], axis=1)
+
+
+def _heat(channel: torch.Tensor, size: int = data.IMAGE_SIZE) -> np.ndarray:
+    """(h, w) latent channel -> (size, size, 3) uint8 on a red-white-blue map (nearest upsampling)."""
+    from matplotlib import colormaps
+
+    v = (channel.detach().float().clamp(-_CMAP_RANGE, _CMAP_RANGE) / (2 * _CMAP_RANGE) + 0.5).numpy()
+    rgb = (colormaps["RdBu_r"](v)[..., :3] * 255).astype(np.uint8)  # (h, w, 3)
+    k = size // channel.shape[-1]
+    return rgb.repeat(k, axis=0).repeat(k, axis=1)
+
+
+def channel_view(codec: LatentCodec, seed: int) -> np.ndarray:
+    """One Shapes scene, its 4 normalised latent channels (8x8, blue < 0 < red) and its reconstruction."""
+    images = data.render_batch(data.sample_scenes(1, seed))
+    z = encode_images(codec, images)  # (1, 4, 8, 8)
+    recon = decode_latents(codec, z)
+    return _strip([images[0], *(_heat(z[0, c]) for c in range(z.shape[1])), recon[0]])
+
+
+@torch.no_grad()
+def perturb_view(codec: LatentCodec, seed: int, channel: str, noise: float) -> np.ndarray:
+    """Encode a scene, add N(0, noise^2) to one latent channel (or all), decode: original | clean | perturbed."""
+    images = data.render_batch(data.sample_scenes(1, seed))
+    z = encode_images(codec, images)  # (1, 4, 8, 8)
+    eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(z) if channel == "all" else (torch.arange(z.shape[1]) == int(channel)).float().view(1, -1, 1, 1)
+    return _strip([images[0], decode_latents(codec, z)[0], decode_latents(codec, z + noise * mask * eps)[0]])
+
+
+def latent_viewer(codec: LatentCodec):
+    """Widget: pick a scene, see its latent channels (the last expression of a cell)."""
+    from course.widgets import Slider, explore
+
+    def latent_channels(seed: int) -> np.ndarray:
+        return channel_view(codec, seed)
+
+    return explore(latent_channels, static={"seed": [0, 1, 2]}, seed=Slider(0, 999, 1, 0))
+
+
+def perturb_explorer(codec: LatentCodec):
+    """Widget: encode -> perturb one channel or all -> decode (the last expression of a cell)."""
+    from course.widgets import Choice, Slider, explore
+
+    def encode_perturb_decode(seed: int, channel: str, noise: float) -> np.ndarray:
+        return perturb_view(codec, seed, channel, noise)
+
+    return explore(encode_perturb_decode, static={"noise": [0.0, 0.3, 1.0, 2.0]},
+                   seed=Slider(0, 999, 1, 7), channel=Choice(("all", "0", "1", "2", "3")), noise=Slider(0.0, 3.0, 0.1, 0.5))
