@@ -63,10 +63,18 @@ def bench_shapes_fid_floor(quick: bool) -> dict[str, float]:
     return {f"floor_n{n}": round(metrics.shapes_fid_floor(n, classifier=classifier), 3) for n in sizes}
 
 
+def bench_pixel_vs_latent(quick: bool) -> dict[str, float]:
+    """ms per image of a diffusion training step and of 50-step sampling, pixels vs latents, and the ratios."""
+    from course.latent import pixel_vs_latent_cost
+
+    return pixel_vs_latent_cost(batch_size=4 if quick else 8, repeat=1 if quick else 3)
+
+
 SECTIONS = {
     "Shapes generator (issue: >= 10,000 images/s)": bench_shapes_generator,
     "ShapesEval acceptance (real images: own >= 0.99, shuffled <= 0.25)": lambda quick: shapes_eval_acceptance(500 if quick else 2000),
     "Shapes-FID real-vs-real floor": bench_shapes_fid_floor,
+    "Pixel vs latent diffusion cost (chapter 02: same U-Net on 64x64x3 vs 8x8x4)": bench_pixel_vs_latent,
 }
 
 

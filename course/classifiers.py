@@ -30,6 +30,7 @@ class ClassifierConfig:
     image_size: int = 64  # inputs of another size are resized to this
     width: int = 32  # channels after the stem (doubled twice, each time after a stride-2 conv)
     feature_dim: int = 128  # size of the penultimate features that FID uses
+    feature_scale: float = 1.0  # FID divides the features by this: their mean variance over real images becomes 1
     num_outputs: int = 28  # logits (Shapes: 18 colour×shape presence + 9 cell occupancy + 1 two-objects)
 
 
@@ -83,6 +84,20 @@ def exact_match_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
 SHAPES_CLASSIFIER = ClassifierConfig()
 SHAPES_CLASSIFIER_STEPS = 2000
 HELD_OUT_SEED = 987_654  # scenes drawn from this seed are never used for training
+FEATURE_SCALE_SEED = 555_555  # the real images that fix the FID feature scale
+
+
+@torch.no_grad()
+def fit_feature_scale(model: FeatureClassifier, images: np.ndarray) -> float:
+    """sqrt of the features' mean variance over real images (uint8 (B, H, W, C)).
+
+    FID adds up squared feature differences, so its value scales with the features' variance;
+    dividing the features by this makes a feature's typical variance 1 and puts our FID on the
+    familiar scale of published values (a few units for close distributions).
+    """
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, C, H, W)
+    features = torch.cat([model.eval().features(x[i : i + 256]) for i in range(0, len(x), 256)]).double()
+    return round(float(features.var(dim=0).mean().sqrt()), 6)
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -116,8 +131,11 @@ def train_shapes_classifier(steps: int | None, run_dir: Path, fresh: bool, progr
         warmup_steps=min(50, (steps or SHAPES_CLASSIFIER_STEPS) // 10), schedule="cosine", ema_decay=0.99, checkpoint_every=250, log_every=25,
     )
     result = fit(model, classifier_loss, shapes_batch, config, run_dir, resume=not fresh, progress=progress)
+    model = result.ema if result.ema is not None else result.model
+    real = data.render_batch(data.sample_scenes(2048, FEATURE_SCALE_SEED))
+    fitted = ClassifierConfig(**{**asdict(SHAPES_CLASSIFIER), "feature_scale": fit_feature_scale(model, real)})
     return Trained(
-        model=result.ema if result.ema is not None else result.model, config=asdict(SHAPES_CLASSIFIER),
+        model=model, config=asdict(fitted),
         wall_time_s=result.wall_time_s, steps=result.step, interrupted=result.interrupted,
     )
 

@@ -9,8 +9,11 @@
     bench                       speed and acceptance figures
     student-edition DIR         learner copies of the notebooks, solutions replaced by stubs
 
-`accelerate launch --cpu --num_processes 2 -m course train NAME` runs the same training on
-several processes (or GPUs / machines, with accelerate's own configuration).
+`accelerate launch -m course train NAME` runs the same training on several GPUs or machines
+(accelerate's own configuration), and on CPUs as several processes with
+`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_machines 1 --num_processes 2
+--mixed_precision no --dynamo_backend no -m course train NAME` (`--cpu --num_processes 2` alone
+starts one process unless MPI is installed).
 """
 
 from __future__ import annotations
@@ -51,8 +54,11 @@ def cmd_train(args) -> int:
     torch.manual_seed(0)
     run_dir = Path(args.run_dir) if args.run_dir else paths.RUNS_DIR / args.name
     trained = zoo.resolve(card.train)(args.steps, run_dir, args.fresh, not args.no_progress)
-    if not PartialState().is_main_process:
+    state = PartialState()
+    if not state.is_main_process:
         return 0
+    if state.num_processes > 1:
+        print(f"data-parallel training on {state.num_processes} processes ({state.device.type})")
     if trained.interrupted:
         print(f"interrupted at step {trained.steps}; state saved in {run_dir}. Run the same command again to resume.")
         return 130

@@ -258,13 +258,13 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 @torch.no_grad()
 def feature_stats(classifier: FeatureClassifier, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (F,) and covariance (F, F) of the classifier's features over uint8 images (B, H, W, C)."""
+    """Mean (F,) and covariance (F, F) of the classifier's scaled features over uint8 images (B, H, W, C)."""
     classifier.eval()
     device = next(classifier.parameters()).device
     feats = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).permute(0, 3, 1, 2).float() / 127.5 - 1
-        feats.append(classifier.features(x.to(device)).double().cpu())
+        feats.append(classifier.features(x.to(device)).double().cpu() / classifier.config.feature_scale)
     f = torch.cat(feats).numpy()  # (B, F)
     return f.mean(0), np.cov(f, rowvar=False)
 

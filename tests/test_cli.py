@@ -63,3 +63,19 @@ def test_doctor_exit_status_follows_failures(monkeypatch, capsys):
 def test_python_dash_m_course_runs():
     out = subprocess.run([sys.executable, "-m", "course", "list"], capture_output=True, text=True, check=True).stdout
     assert "shapes-classifier" in out
+
+
+@pytest.mark.slow
+def test_accelerate_launch_trains_on_two_cpu_processes(tmp_path):
+    """The command line under `accelerate launch`: two data-parallel CPU processes, one result."""
+    env = {**__import__("os").environ, "ACCELERATE_USE_CPU": "true"}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+        "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "course", "train", "shapes-classifier", "--steps", "4", "--run-dir", str(tmp_path),
+        "--no-eval", "--no-progress",
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "data-parallel training on 2 processes" in run.stdout
+    assert (tmp_path / "shapes-classifier.safetensors").exists()

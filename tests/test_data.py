@@ -157,3 +157,11 @@ def test_checkerboard_only_dark_squares():
 def test_unknown_toy():
     with pytest.raises(ValueError, match="choose one of: moons, checkerboard, rings"):
         data.toy_2d("spirals", 10)
+
+
+@pytest.mark.parametrize("resolution", [32, 64, 96])
+def test_render_batch_draws_what_render_draws(resolution):
+    scenes = data.sample_scenes(100, seed=9)
+    scenes.append(data.Scene((data.SceneObject("red", "triangle", "top left", "large", (-12.0, -12.0)),)))  # partly outside
+    expected = np.stack([data.render(s, resolution) for s in scenes])
+    assert np.array_equal(data.render_batch(scenes, resolution), expected)
