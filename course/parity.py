@@ -21,6 +21,7 @@ COMPONENTS: dict[str, str] = {
     "ddim_scheduler": "course.ddpm:parity_ddim_scheduler",  # diffusers.DDIMScheduler
     "vae": "course.vae:parity_vae",  # diffusers.AutoencoderKL
     "unet": "course.unet:parity_unet",  # diffusers.UNet2DConditionModel
+    "clip_text": "course.text:parity_clip_text",  # transformers.CLIPTextModel / CLIPTextModelWithProjection
 }
 
 
