@@ -1,0 +1,93 @@
+"""Tests for course.clip: the Shapes mini-CLIP, its loss, vocabulary and recipe functions."""
+
+import math
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from course import clip, data, zoo
+from course.text import BOS_ID, EOS_ID
+
+
+def _tiny(**overrides) -> clip.MiniClip:
+    torch.manual_seed(0)
+    config = clip.MiniClipConfig(image_width=8, embed_dim=16, text_width=16, text_layers=1, text_heads=2,
+                                 vocab_ids=clip.shapes_vocabulary(), **overrides)
+    return clip.MiniClip(config)
+
+
+def test_shapes_vocabulary_covers_every_caption():
+    vocab = clip.shapes_vocabulary()
+    assert BOS_ID in vocab and EOS_ID in vocab and list(vocab) == sorted(vocab)
+    _, captions, scenes = data.sample_batch(300, seed=5)
+    ids = clip.tokenize(captions + [data.caption(s) for s in scenes], max_length=32)["input_ids"]
+    assert set(ids.flatten().tolist()) <= set(vocab)
+    assert (ids[:, -1] == EOS_ID).all()  # no caption is truncated at 32 tokens
+
+
+def test_clip_loss_identities():
+    e = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    same = torch.nn.functional.normalize(torch.randn(1, 16), dim=-1).expand(8, 16)
+    # identical embeddings everywhere: every choice is a coin flip among B, loss = log B
+    torch.testing.assert_close(clip.clip_loss(same, same, torch.tensor(10.0)), torch.tensor(math.log(8)))
+    # orthogonal matched pairs with a large scale: loss -> 0
+    eye = torch.eye(8, 16)
+    assert clip.clip_loss(eye, eye, torch.tensor(100.0)) < 1e-6
+    # symmetric: swapping images and texts gives the same loss
+    f = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    torch.testing.assert_close(clip.clip_loss(e, f, torch.tensor(5.0)), clip.clip_loss(f, e, torch.tensor(5.0)))
+
+
+def test_model_shapes_and_unit_embeddings():
+    model = _tiny()
+    x, ids = clip.clip_batch(0, 4, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 3, 64, 64) and ids.shape == (4, 32)
+    img, txt = model.encode_image(x), model.encode_text(ids)
+    assert img.shape == txt.shape == (4, 16)
+    torch.testing.assert_close(img.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(txt.norm(dim=1), torch.ones(4))
+    loss = model(x, ids)
+    loss.backward()
+    assert loss.ndim == 0 and model.logit_scale.grad is not None
+    torch.testing.assert_close(model.scale(), torch.tensor(1 / 0.07))
+
+
+def test_unknown_words_share_one_row():
+    model = _tiny().eval()
+    rows = model.id_to_row[clip.tokenize(["a red circle", "a zebra circle"], 8)["input_ids"]]
+    assert rows[1, 2] == 0 and rows[0, 2] > 0  # "zebra" is not a Shapes word
+    assert model.text_encoder.token_embedding.num_embeddings == len(model.config.vocab_ids) + 1
+
+
+def test_a_few_steps_learn_and_reload():
+    model = _tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    batch = clip.clip_batch(0, 16, g)
+    first = model(*batch).item()
+    for _ in range(15):  # fit one batch: the loss must fall
+        opt.zero_grad()
+        model(*batch).backward()
+        opt.step()
+    assert model(*batch).item() < first - 0.5
+    reloaded = clip.load_clip_shapes_from(model.state_dict(), asdict(model.config))
+    x, ids = batch
+    torch.testing.assert_close(reloaded.encode_text(ids), model.eval().encode_text(ids))
+
+
+def test_retrieval_metric_range_and_card():
+    model = _tiny().eval()
+    scenes = data.sample_scenes(20, seed=1)
+    score = clip.retrieval_top1(model, scenes)
+    assert 0.0 <= score <= 1.0
+    card = zoo.card("clip-shapes")
+    assert card.chapter == "03" and zoo.resolve(card.train) is clip.train_clip_shapes
+    assert zoo.resolve(card.evaluate) is clip.evaluate_clip_shapes
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="BOS"):
+        clip.MiniClipConfig(vocab_ids=(1, 2, 3))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        clip.MiniClipConfig(image_width=12)
