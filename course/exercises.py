@@ -452,3 +452,75 @@ def check_ddim_step(fn) -> bool:
                   "+ sigma * noise. At prev_t = -1 use ab_prev = 1: alpha_bar[-1] is the noisiest value, not 1",
         "shape": "x_prev has the shape of xt",
     })
+
+
+def check_causal_mask(fn) -> bool:
+    """Chapter 03: the learner's `causal_mask(T, attention_mask=None)` against `course.text.causal_mask`."""
+    import torch
+
+    from course.text import causal_mask
+
+    padding = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])
+    cases = [
+        Case(args=(1,), label="a single token sees itself"),
+        Case(args=(4,), label="T = 4, no padding: (1, 1, 4, 4)"),
+        Case(args=(7,), label="T = 7"),
+        Case(args=(6, padding), label="T = 6 with a padding mask of 2 rows: (2, 1, 6, 6), no query may see a padding key"),
+    ]
+    return run_cases(fn, lambda T, attention_mask=None: causal_mask(T, attention_mask), cases, name="causal_mask", hint={
+        "values": "True means 'may attend': query i (row) sees keys j <= i (columns), so the mask is lower "
+                  "triangular (torch.tril), diagonal included; with a padding mask, also set False every "
+                  "column j whose attention_mask is 0",
+        "shape": "return (1, 1, T, T) without a padding mask and (B, 1, T, T) with one, so it broadcasts over heads",
+        "dtype": "return a boolean mask (torch.bool), True = attend",
+    })
+
+
+def check_clip_loss(fn) -> bool:
+    """Chapter 03: the learner's `clip_loss(image_embeds, text_embeds, logit_scale)` against `course.clip.clip_loss`."""
+    import torch
+    import torch.nn.functional as F
+
+    from course.clip import clip_loss
+
+    g = torch.Generator().manual_seed(3)
+
+    def unit(*shape):
+        return F.normalize(torch.randn(*shape, generator=g), dim=-1)
+
+    img, txt = unit(6, 8), unit(6, 8)
+    near = F.normalize(img + 0.3 * unit(6, 8), dim=-1)
+    cases = [
+        Case(args=(img, txt, torch.tensor(1.0)), label="B = 6 random pairs, scale 1"),
+        Case(args=(img, near, torch.tensor(14.3)), label="captions close to their images, scale 1/0.07"),
+        Case(args=(img[:3], img[:3].flip(0), torch.tensor(10.0)), label="every caption matches another pair's image"),
+        Case(args=(unit(2, 4), unit(2, 4), torch.tensor(100.0)), label="B = 2, the largest scale CLIP allows"),
+    ]
+    return run_cases(fn, clip_loss, cases, name="clip_loss", atol=1e-5, hint={
+        "values": "logits = logit_scale * image_embeds @ text_embeds.T is (B, B) and the right match of row i is "
+                  "column i; average the cross-entropy over images (rows) and the one over captions (the "
+                  "transpose): a one-sided loss, a missing scale or the wrong labels give other numbers",
+        "shape": "return one scalar, the mean over the batch",
+    })
+
+
+def check_cfg(fn) -> bool:
+    """Chapter 04: the learner's `cfg(eps_uncond, eps_cond, guidance)` against `course.pipeline.cfg_combine`."""
+    import torch
+
+    from course.pipeline import cfg_combine
+
+    g = torch.Generator().manual_seed(4)
+    uncond, cond = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    cases = [
+        Case(args=(uncond, cond, 1.0), label="w = 1: the conditional prediction alone"),
+        Case(args=(uncond, cond, 7.5), label="w = 7.5, SD's default"),
+        Case(args=(uncond[:1], cond[:1], 3.0), label="one image, w = 3"),
+        Case(args=(uncond, uncond + 0.1, 5.0), label="a prompt that changes eps a little, w = 5"),
+    ]
+    return run_cases(fn, cfg_combine, cases, name="cfg", atol=1e-5, hint={
+        "values": "eps = eps_uncond + w * (eps_cond - eps_uncond): start from the unconditional prediction and "
+                  "move w times the difference towards the conditional one (swapping the two runs away from the prompt; "
+                  "w = 1 must give eps_cond exactly)",
+        "shape": "the guided eps has the shape of each input",
+    })

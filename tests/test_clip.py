@@ -91,3 +91,50 @@ def test_bad_config():
         clip.MiniClipConfig(vocab_ids=(1, 2, 3))
     with pytest.raises(ValueError, match="multiple of 8"):
         clip.MiniClipConfig(image_width=12)
+
+
+def test_binding_captions_and_test():
+    scenes = clip.binding_scenes(12)
+    assert len(scenes) == 12 and all(len(s.objects) == 2 and len({o.shape for o in s.objects}) == 2 for s in scenes)
+    o1, o2 = scenes[0].objects
+    right, swapped, wrong = clip.binding_captions(scenes[0])
+    assert right == f"a {o1.color} {o1.shape} and a {o2.color} {o2.shape}"
+    assert swapped == f"a {o2.color} {o1.shape} and a {o1.color} {o2.shape}"
+    assert sorted(right.split()) == sorted(swapped.split()) and wrong != right  # a bag of words cannot tell them apart
+    assert data.parse(right).objects[0].color == o1.color and data.parse(swapped).objects[0].color == o2.color
+    result = clip.binding_test(_tiny().eval(), scenes)
+    assert set(result) == {"vs_swapped", "vs_wrong_colour"} and all(0.0 <= v <= 1.0 for v in result.values())
+    with pytest.raises(ValueError, match="two-object"):
+        clip.binding_captions(data.sample_scenes(20, seed=0, max_objects=1)[0])
+
+
+def test_check_clip_loss_passes_the_solution_and_fails_mistakes():
+    from course.exercises import ExerciseFailed, check_clip_loss
+
+    def solution(image_embeds, text_embeds, logit_scale):
+        logits = logit_scale * image_embeds @ text_embeds.T
+        labels = torch.arange(len(logits))
+        return (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
+
+    def one_sided(image_embeds, text_embeds, logit_scale):  # images pick captions, never the other way
+        logits = logit_scale * image_embeds @ text_embeds.T
+        return torch.nn.functional.cross_entropy(logits, torch.arange(len(logits)))
+
+    def no_scale(image_embeds, text_embeds, logit_scale):
+        return solution(image_embeds, text_embeds, torch.tensor(1.0))
+
+    def stub(image_embeds, text_embeds, logit_scale):
+        raise NotImplementedError("write clip_loss")
+
+    assert check_clip_loss(solution)
+    for wrong in (one_sided, no_scale, stub):
+        with pytest.raises(ExerciseFailed):
+            check_clip_loss(wrong)
+
+
+def test_retrieval_explorer_draws_a_static_figure(monkeypatch):
+    from matplotlib.figure import Figure
+
+    monkeypatch.setenv("COURSE_STATIC_WIDGETS", "1")
+    fig = clip.retrieval_explorer(_tiny().eval(), n=8)
+    assert isinstance(fig, Figure) and len(fig.axes) >= 4

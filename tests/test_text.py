@@ -175,3 +175,29 @@ def test_minilm_mean_pool_ignores_padding():
     torch.testing.assert_close(alone, padded, atol=1e-5, rtol=0)
     hidden, mask = text.minilm_encode(["a red circle", "a red circle in the top left corner"])
     assert hidden.shape[:2] == mask.shape and mask[0].sum() < mask[1].sum()
+
+
+# ----------------------------------------------------------------------------- exercise check
+
+
+def test_check_causal_mask_passes_the_solution_and_fails_mistakes():
+    from course.exercises import ExerciseFailed, check_causal_mask
+
+    def solution(T, attention_mask=None):
+        mask = torch.ones(T, T, dtype=torch.bool).tril()[None, None]
+        return mask if attention_mask is None else mask & attention_mask.bool()[:, None, None, :]
+
+    def sees_the_future(T, attention_mask=None):  # triu: query i sees keys j >= i
+        mask = torch.ones(T, T, dtype=torch.bool).triu()[None, None]
+        return mask if attention_mask is None else mask & attention_mask.bool()[:, None, None, :]
+
+    def ignores_padding(T, attention_mask=None):
+        return torch.ones(T, T, dtype=torch.bool).tril()[None, None]
+
+    def stub(T, attention_mask=None):
+        raise NotImplementedError("write causal_mask")
+
+    assert check_causal_mask(solution)
+    for wrong in (sees_the_future, ignores_padding, stub):
+        with pytest.raises(ExerciseFailed):
+            check_causal_mask(wrong)
