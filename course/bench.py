@@ -75,6 +75,8 @@ SECTIONS = {
     "ShapesEval acceptance (real images: own >= 0.99, shuffled <= 0.25)": lambda quick: shapes_eval_acceptance(500 if quick else 2000),
     "Shapes-FID real-vs-real floor": bench_shapes_fid_floor,
     "Pixel vs latent diffusion cost (chapter 02: same U-Net on 64x64x3 vs 8x8x4)": bench_pixel_vs_latent,
+    "DDPM on Fashion-MNIST (chapter 01: the ddpm-fashion U-Net, one training step and one sampling step)":
+        lambda quick: __import__("course.ddpm_fashion", fromlist=["bench_sampler"]).bench_sampler(quick),
 }
 
 
