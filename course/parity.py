@@ -22,6 +22,7 @@ COMPONENTS: dict[str, str] = {
     "vae": "course.vae:parity_vae",  # diffusers.AutoencoderKL
     "unet": "course.unet:parity_unet",  # diffusers.UNet2DConditionModel
     "clip_text": "course.text:parity_clip_text",  # transformers.CLIPTextModel / CLIPTextModelWithProjection
+    "sd1_pipeline": "course.sd1:parity_sd1_pipeline",  # diffusers.StableDiffusionPipeline, via a saved folder
 }
 
 

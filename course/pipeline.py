@@ -3,18 +3,21 @@
 `load(NAME)` gives the pipeline of a named generator (`python -m course list` shows them), its
 weights verified against the manifest; `pipe.generate(prompts, steps=..., guidance=..., seed=...)`
 returns uint8 images (N, H, W, 3), one per prompt. `python -m course generate` is the same
-call, writing PNG files. Chapter 04 adds the text-to-image pipeline (DDIM / Euler, classifier-
-free guidance, negative prompts, img2img) and the loader for diffusers-format folders.
+call, writing PNG files. Chapter 04 adds the text-to-image pipeline `TextToImage` (DDIM,
+classifier-free guidance, negative prompts, img2img) below; `course.sd1.load_diffusers_folder`
+builds one from a Stable Diffusion 1.x folder in diffusers format.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
+import torch
+from torch import nn
 
-from course import checkpoints, zoo
+from course import checkpoints, ddpm, zoo
 
 
 class Pipeline(Protocol):
@@ -61,3 +64,235 @@ def save_images(images: np.ndarray, out_dir: str | Path, prefix: str = "image") 
         Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(path)
         written.append(path)
     return written
+
+
+# ============================================================================ text-to-image (chapter 04)
+# Shape letters: B images, C latent channels, h, w latent size, T tokens, D text width.
+# The sampler is pure functions (`cfg_combine`, `guided_eps`, `ddim_timesteps`, `img2img_timesteps`,
+# `ddim_sample`) and one class, `TextToImage`, that holds the three frozen parts of a Stable
+# Diffusion model (U-Net, text encoder, VAE) and turns prompts into images with them.
+
+
+def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: eps = eps_uncond + w (eps_cond - eps_uncond).
+
+    w = 1 gives the conditional prediction, w = 0 the unconditional one, w > 1 pushes the sample
+    further in the direction the prompt adds (Stable Diffusion's default is 7.5).
+
+    Args:
+        eps_uncond: (B, C, h, w) the prediction for the empty (or negative) prompt.
+        eps_cond: (B, C, h, w) the prediction for the prompt.
+        guidance: the guidance scale w.
+
+    Returns:
+        (B, C, h, w) the guided prediction.
+
+    Ref: Ho & Salimans 2022, "Classifier-Free Diffusion Guidance", Eq. 6 (their w is ours minus 1).
+    """
+    return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+
+def guided_eps(unet: Callable, xt: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor | None,
+               guidance: float) -> torch.Tensor:
+    """The model's guided eps at (xt, t): one forward pass over the batch [uncond; cond].
+
+    Args:
+        unet: (x (2B, C, h, w), t, cond (2B, T, D)) -> eps (2B, C, h, w).
+        xt: (B, C, h, w) the current latents.
+        t: the timestep.
+        cond: (B, T, D) the prompts' text states.
+        uncond: (B, T, D) the empty or negative prompts' states; unused (may be None) when guidance == 1.
+        guidance: w >= 1.
+
+    Returns:
+        (B, C, h, w) guided eps.
+    """
+    if guidance == 1.0:  # as diffusers: no unconditional pass when it cannot change the result
+        return unet(xt, t, cond)
+    x_in = torch.cat([xt, xt])  # (2B, C, h, w)
+    c_in = torch.cat([uncond, cond])  # (2B, T, D): unconditional half first, as diffusers
+    eps_uncond, eps_cond = unet(x_in, t, c_in).chunk(2)  # (B, C, h, w) each
+    return cfg_combine(eps_uncond, eps_cond, guidance)
+
+
+def ddim_timesteps(schedule: ddpm.Schedule, steps: int) -> list[int]:
+    """The timesteps a `steps`-step DDIM visits, largest first, with the schedule's spacing.
+
+    Stable Diffusion's DDIMScheduler uses "leading" spacing with steps_offset 1: 50 steps visit
+    981, 961, ..., 1.
+    """
+    T = schedule.num_train_timesteps
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in 1 ... {T} (the schedule's training timesteps), got {steps}")
+    return ddpm.respace(T, steps, schedule.timestep_spacing, schedule.steps_offset).tolist()
+
+
+def img2img_timesteps(schedule: ddpm.Schedule, steps: int, strength: float) -> list[int]:
+    """SDEdit's timesteps: the last int(steps * strength) of `ddim_timesteps(schedule, steps)`.
+
+    strength 1 starts at the noisiest timestep (the init image is almost forgotten); strength 0.3
+    noises the image to about 0.3 T and keeps its layout. The rule is diffusers'
+    StableDiffusionImg2ImgPipeline.get_timesteps.
+
+    Ref: Meng et al. 2022, "SDEdit: Guided Image Synthesis and Editing with SDEs", Sec. 3.
+    """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1] (1 = start from noise, small = stay close to the image), got {strength}")
+    timesteps = ddim_timesteps(schedule, steps)
+    n = min(int(steps * strength), steps)
+    if n < 1:
+        raise ValueError(f"steps * strength = {steps} * {strength} < 1 leaves no denoising step; raise steps or strength")
+    return timesteps[steps - n:]
+
+
+@torch.no_grad()
+def ddim_sample(eps_fn: Callable, xt: torch.Tensor, schedule: ddpm.Schedule, steps: int, timesteps: list[int],
+                eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Run DDIM from xt at timesteps[0] down to clean latents.
+
+    Each step goes from t to t - T // steps, as diffusers' DDIMScheduler does (for "leading" and
+    "trailing" spacing that is the next listed timestep; below 0 it is the clean end).
+
+    Args:
+        eps_fn: (xt (B, C, h, w), t int) -> model output (B, C, h, w), guidance already applied.
+        xt: (B, C, h, w) the starting latents at timesteps[0].
+        schedule: the noise schedule the model was trained with.
+        steps: the number of steps of the full chain (fixes the step size T // steps).
+        timesteps: the timesteps to visit (all of `ddim_timesteps`, or SDEdit's tail of them).
+        eta: DDIM noise, 0 (deterministic) ... 1.
+        generator: draws the step noise when eta > 0.
+
+    Returns:
+        (B, C, h, w) x0, the clean latents.
+
+    Ref: Song et al. 2021, "Denoising Diffusion Implicit Models", Eq. 12.
+    """
+    step = schedule.num_train_timesteps // steps
+    x = xt
+    for t in timesteps:
+        noise = ddpm._randn(x.shape, generator, x.device, x.dtype) if eta > 0 else None
+        x = ddpm.ddim_step(eps_fn(x, t), t, x, schedule, t - step, eta, noise).x_prev
+    return x
+
+
+class TextToImage:
+    """A Stable Diffusion 1.x pipeline: prompts -> text states -> guided DDIM in latent space -> VAE decoder.
+
+    The same class runs the course's `sd1-shapes` and any SD 1.x model in diffusers format loaded
+    with `course.sd1.load_diffusers_folder` (then its images equal diffusers'
+    StableDiffusionPipeline's from the same starting latents, `course.sd1.parity_sd1_pipeline`).
+
+    Args:
+        unet: the denoiser, (xt (B, C, h, w), t, cond (B, T, D)) -> eps (B, C, h, w).
+        text_encoder: prompts (list of B str) -> (B, T, D) per-token states (CLIP's last hidden state).
+        codec: latents <-> images: `decode(z)` -> (B, 3, H, W) in [-1, 1], `encode(x0)` -> z, and
+            `vae.config.downsample_factor`; a `course.latent.LatentCodec` (its normalisation is SD's
+            scaling factor for diffusers models, the per-channel one for vae-shapes).
+        schedule: the noise schedule the U-Net was trained with (eps-prediction).
+        image_size: H = W of the images generated (a multiple of the codec's downsample factor).
+    """
+
+    def __init__(self, unet: nn.Module, text_encoder: Callable, codec: nn.Module, schedule: ddpm.Schedule, image_size: int):
+        f = codec.vae.config.downsample_factor
+        if image_size % f:
+            raise ValueError(f"image_size {image_size} must be a multiple of the VAE's downsample factor {f}")
+        self.unet, self.text_encoder, self.codec, self.schedule = unet, text_encoder, codec, schedule
+        self.image_size = image_size
+        self.latent_shape = (codec.vae.config.latent_channels, image_size // f, image_size // f)  # (C, h, w)
+        self.init_noise_sigma = 1.0  # DDIM starts from N(0, I) (an Euler sampler from sigma_max * N(0, I))
+
+    def _device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def _codec_device(self) -> torch.device:
+        return next(self.codec.parameters()).device
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], negative_prompts: list[str] | None, guidance: float):
+        """(cond (B, T, D), uncond (B, T, D) or None): the negative prompts replace the empty prompt."""
+        cond = self.text_encoder(list(prompts))  # (B, T, D)
+        if guidance == 1.0:
+            return cond, None
+        uncond = self.text_encoder(list(negative_prompts) if negative_prompts is not None else [""] * len(prompts))  # (B, T, D)
+        return cond, uncond
+
+    def _check(self, prompts, negative_prompts, steps: int, guidance: float) -> None:
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompts must be a list of strings, one per image, e.g. ['a red circle'] * 4")
+        if negative_prompts is not None:
+            if isinstance(negative_prompts, str):
+                raise ValueError("negative_prompts must be a list of strings, one per prompt (not a single string)")
+            if len(negative_prompts) != len(prompts):
+                raise ValueError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts: give one per prompt")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if guidance < 1.0:
+            raise ValueError(f"guidance must be >= 1 (1 = no guidance, the conditional model alone; SD uses 7.5); got {guidance}. "
+                             "w < 1 would mix in the unconditional model, which is not what a guidance scale is for")
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], **kwargs) -> torch.Tensor:
+        """Generate images as float (B, 3, H, W) in [-1, 1]; the arguments are `generate`'s."""
+        z0 = self.sample_latents(prompts, **kwargs)  # (B, C, h, w)
+        return self.codec.decode(z0.to(self._codec_device()))  # (B, 3, H, W)
+
+    @torch.no_grad()
+    def sample_latents(self, prompts: list[str], *, steps: int = 50, guidance: float = 1.0, seed: int = 0,
+                       negative_prompts: list[str] | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
+                       init_images: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
+        """The clean latents z0 (B, C, h, w) before the VAE decoder; the arguments are `generate`'s."""
+        self._check(prompts, negative_prompts, steps, guidance)
+        device, B = self._device(), len(prompts)
+        generator = torch.Generator().manual_seed(seed)  # one per call: the same seed, the same images
+        cond, uncond = self.encode_prompts(prompts, negative_prompts, guidance)
+        cond = cond.to(device)
+        uncond = uncond.to(device) if uncond is not None else None
+        shape = (B, *self.latent_shape)  # (B, C, h, w)
+        if init_images is None:
+            timesteps = ddim_timesteps(self.schedule, steps)
+            if latents is None:
+                latents = ddpm._randn(shape, generator, device)  # (B, C, h, w)
+            elif tuple(latents.shape) != shape:
+                raise ValueError(f"latents must have shape {shape} (B, C, h, w) for {B} prompts at {self.image_size}px, "
+                                 f"got {tuple(latents.shape)}")
+            xt = latents.to(device) * self.init_noise_sigma
+        else:
+            timesteps = img2img_timesteps(self.schedule, steps, strength)
+            if init_images.shape != (B, 3, self.image_size, self.image_size):
+                raise ValueError(f"init_images must be (B={B}, 3, {self.image_size}, {self.image_size}) in [-1, 1], "
+                                 f"got {tuple(init_images.shape)}")
+            z0 = self.codec.encode(init_images.to(self._codec_device())).to(device)  # (B, C, h, w), the posterior mean
+            eps = ddpm._randn(z0.shape, generator, device) if latents is None else latents.to(device)
+            xt = ddpm.q_sample(z0, timesteps[0], eps, self.schedule.alpha_bar)  # SDEdit: noise to t_start
+        eps_fn = lambda x, t: guided_eps(self.unet, x, t, cond, uncond, guidance)  # noqa: E731
+        return ddim_sample(eps_fn, xt, self.schedule, steps, timesteps, eta, generator)  # (B, C, h, w)
+
+    def generate(self, prompts: list[str], *, steps: int = 50, guidance: float = 1.0, seed: int = 0,
+                 negative_prompts: list[str] | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
+                 init_images: np.ndarray | torch.Tensor | None = None, strength: float = 1.0) -> np.ndarray:
+        """Images for prompts: text-to-image, or image-to-image (SDEdit) when `init_images` is given.
+
+        Args:
+            prompts: B strings, one image each.
+            steps: DDIM steps of the full chain (img2img runs the last int(steps * strength) of them).
+            guidance: classifier-free guidance scale w >= 1 (1: no guidance, one forward per step).
+            seed: seeds a fresh torch.Generator for this call: the same seed gives the same images.
+            negative_prompts: B strings that replace the empty prompt as the unconditional branch.
+            eta: DDIM noise, 0 (deterministic) ... 1.
+            latents: (B, C, h, w) starting noise instead of drawing it from the seed.
+            init_images: img2img: uint8 (B, H, W, 3) or float (B, 3, H, W) in [-1, 1].
+            strength: img2img: how far to noise the init images, in (0, 1].
+
+        Returns:
+            uint8 (B, H, W, 3).
+
+        Ref: Rombach et al. 2022 (LDM), Sec. 3.3; Ho & Salimans 2022 (CFG); Song et al. 2021 (DDIM);
+        Meng et al. 2022 (SDEdit).
+        """
+        from course import data
+
+        if isinstance(init_images, np.ndarray):
+            init_images = data.to_tensor(init_images)  # (B, 3, H, W) in [-1, 1]
+        x0 = self.sample(prompts, steps=steps, guidance=guidance, seed=seed, negative_prompts=negative_prompts,
+                         eta=eta, latents=latents, init_images=init_images, strength=strength)
+        return data.to_images(x0)  # (B, H, W, 3) uint8

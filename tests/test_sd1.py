@@ -1,0 +1,157 @@
+"""course.sd1: the sd1-shapes parts and recipe (tiny random stand-ins), and the diffusers-folder loader."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from course import data, sd1
+from course.clip import MiniClip, MiniClipConfig, shapes_vocabulary
+from course.latent import LatentCodec
+from course.text import tokenize
+from course.unet import UNet, UNetConfig
+from course.vae import VAE, VAEConfig
+
+
+def tiny_unet(width: int = 16) -> UNet:
+    torch.manual_seed(0)
+    return UNet(UNetConfig(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                           up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1, num_heads=2,
+                           cross_attention_dim=width, norm_num_groups=8, sample_size=8))
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    return MiniClip(MiniClipConfig(image_width=8, embed_dim=16, text_width=16, text_layers=1, text_heads=2,
+                                   vocab_ids=shapes_vocabulary())).eval()
+
+
+@pytest.fixture(scope="module")
+def codec():
+    torch.manual_seed(0)  # f = 8 as vae-shapes: 64x64x3 -> 8x8x4
+    return LatentCodec(VAE(VAEConfig(block_out_channels=(8, 8, 8, 8), norm_num_groups=4)), torch.zeros(4), torch.ones(4)).eval()
+
+
+def test_prompt_encoder_reads_the_clip_tower_per_token(clip):
+    enc = sd1.prompt_encoder_from_clip(clip)
+    prompts = ["a red circle", "", "a big blue square in the top left and a small green triangle"]
+    states = enc(prompts)
+    assert states.shape == (3, clip.config.context_length, 16)
+    ids = tokenize(prompts, max_length=clip.config.context_length)["input_ids"]
+    torch.testing.assert_close(states, clip.text_encoder(clip.id_to_row[ids]).last_hidden_state)
+    assert not any(p.requires_grad for p in enc.parameters())  # frozen
+
+
+def test_sd1shapes_checks_text_width(clip, codec):
+    enc = sd1.prompt_encoder_from_clip(clip)
+    with pytest.raises(ValueError, match="cross_attention_dim 32 must equal the text width 16"):
+        sd1.SD1Shapes(tiny_unet(32), enc, codec, sd1.SCHEDULE)
+
+
+def test_recipe_unet_matches_clip_shapes_width():
+    from course.clip import CLIP_SHAPES
+
+    assert sd1.SD1_SHAPES_UNET.cross_attention_dim == CLIP_SHAPES.text_width
+    assert sd1.SCHEDULE.beta_schedule == "scaled_linear" and sd1.SCHEDULE.prediction_type == "epsilon"
+
+
+def test_latent_bank_is_cached_and_keyed_by_the_codec(codec, tmp_path):
+    cache = tmp_path / "bank.safetensors"
+    scenes, z0 = sd1.latent_bank(codec, n=6, seed=3, cache=cache)
+    assert len(scenes) == 6 and z0.shape == (6, 4, 8, 8) and cache.is_file()
+    torch.testing.assert_close(z0, codec.encode(data.to_tensor(data.render_batch(scenes))))
+    _, again = sd1.latent_bank(codec, n=6, seed=3, cache=cache)
+    torch.testing.assert_close(again, z0)
+    other = LatentCodec(codec.vae, torch.zeros(4), torch.full((4,), 2.0)).eval()
+    assert len(sd1.latent_bank(other, n=6, seed=3, cache=cache)[1]) == 6
+    # a different codec gives different latents: the cache must not be reused for it
+    _, scaled = sd1.latent_bank(other, n=6, seed=3, cache=cache)
+    torch.testing.assert_close(scaled, 2 * z0)
+
+
+def test_batch_fn_paraphrases_and_drops_captions(clip, codec):
+    enc = sd1.prompt_encoder_from_clip(clip)
+    scenes, z0 = sd1.latent_bank(codec, n=8, seed=1)
+    empty = enc([""])[0]
+    g = torch.Generator().manual_seed(0)
+    z, cond = sd1.make_batch_fn(scenes, z0, enc)(0, 5, g)
+    assert z.shape == (5, 4, 8, 8) and cond.shape == (5, 32, 16)
+    all_dropped = sd1.make_batch_fn(scenes, z0, enc, caption_dropout=1.0)(0, 4, g)[1]
+    torch.testing.assert_close(all_dropped, empty.expand(4, -1, -1))
+    none_dropped = sd1.make_batch_fn(scenes, z0, enc, caption_dropout=0.0)(0, 4, g)[1]
+    assert all((none_dropped[i] - empty).abs().max() > 1e-4 for i in range(4))
+    # the share of dropped captions is about 10%
+    fn = sd1.make_batch_fn(scenes, z0, enc)
+    g = torch.Generator().manual_seed(1)
+    dropped = sum(int(((fn(s, 50, g)[1] - empty).abs().amax(dim=(1, 2)) < 1e-6).sum()) for s in range(4))
+    assert 8 <= dropped <= 35, dropped
+
+
+def test_loss_trains_the_unet_on_a_fixed_batch(clip, codec):
+    enc = sd1.prompt_encoder_from_clip(clip)
+    scenes, z0 = sd1.latent_bank(codec, n=4, seed=2)
+    batch = sd1.make_batch_fn(scenes, z0, enc, caption_dropout=0.0)(0, 4, torch.Generator().manual_seed(0))
+    unet = tiny_unet()
+    opt = torch.optim.AdamW(unet.parameters(), lr=5e-3)
+
+    def loss_at(seed):
+        return sd1.sd1_loss(unet, batch, torch.Generator().manual_seed(seed))
+
+    with torch.no_grad():
+        before = sum(float(loss_at(s)) for s in range(4))
+    for step in range(12):
+        opt.zero_grad()
+        loss = loss_at(step % 4)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = sum(float(loss_at(s)) for s in range(4))
+    assert after < 0.8 * before, (before, after)
+
+
+def test_config_round_trips_through_json():
+    cfg = json.loads(json.dumps(sd1.sd1_config(sd1.SD1_SHAPES_UNET, {"clip-shapes": "ab", "vae-shapes": "cd"})))
+    assert sd1._unet_config(cfg["unet"]) == sd1.SD1_SHAPES_UNET
+    assert cfg["parts"] == {"clip-shapes": "ab", "vae-shapes": "cd"}
+
+
+def test_pipeline_and_quick_evaluation_run_on_an_untrained_model(clip, codec):
+    model = sd1.SD1Shapes(tiny_unet().eval(), sd1.prompt_encoder_from_clip(clip), codec, sd1.SCHEDULE)
+    images = sd1.sd1_shapes_pipeline(model, {}).generate(["a red circle", "a blue square"], steps=2, guidance=3.0, seed=0)
+    assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
+    metrics = sd1.evaluate_sd1_shapes(model, quick=True)
+    for w in ("1", "3", "5", "7.5"):
+        assert 0.0 <= metrics[f"shapes_eval_full_match_w{w}"] <= 1.0
+        assert f"shapes_eval_full_match_two_objects_w{w}" in metrics
+
+
+def test_zoo_card_resolves():
+    from course import zoo
+
+    card = zoo.card("sd1-shapes")
+    assert card.chapter == "04" and card.pipeline is not None
+    for target in (card.train, card.load, card.evaluate, card.pipeline):
+        assert callable(zoo.resolve(target))
+
+
+def test_load_diffusers_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        sd1.load_diffusers_folder(tmp_path)
+    (tmp_path / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}))
+    with pytest.raises(ValueError, match="no 'vae'"):
+        sd1.load_diffusers_folder(tmp_path)
+
+
+def test_diffusers_folder_pipeline_parity(tmp_path):
+    """StableDiffusionPipeline saved to a folder and read back by the course: the same images (w = 4, negatives)."""
+    diff = sd1.parity_sd1_pipeline(folder=tmp_path)
+    assert diff <= 1e-4, diff
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (tmp_path / part).is_dir()
+    # the comparison can fail: a different guidance formula on the course side gives other images
+    ours = sd1.load_diffusers_folder(tmp_path)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    kw = dict(steps=3, latents=z, negative_prompts=["a", "b"])
+    assert (ours.sample(["x", "y"], guidance=4.0, **kw) - ours.sample(["x", "y"], guidance=2.0, **kw)).abs().max() > 1e-3
