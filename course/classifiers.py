@@ -178,7 +178,7 @@ def evaluate_shapes_classifier(model: FeatureClassifier, quick: bool = False) ->
 # few hundred samples, not the tens of thousands an Inception FID wants.
 
 FASHION_CLASSIFIER = ClassifierConfig(in_channels=1, image_size=32, width=32, feature_dim=64, num_outputs=10)
-FASHION_CLASSIFIER_STEPS = 3000
+FASHION_CLASSIFIER_STEPS = 1500
 
 
 def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
