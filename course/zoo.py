@@ -82,6 +82,21 @@ MODELS: dict[str, ModelCard] = {
             load="course.latent:load_codec_from",
             evaluate="course.latent:evaluate_vae_shapes",
         ),
+        ModelCard(
+            "clip-shapes", "03",
+            "mini-CLIP (conv image encoder + CLIP text transformer) trained contrastively on Shapes captions",
+            train="course.clip:train_clip_shapes",
+            load="course.clip:load_clip_shapes_from",
+            evaluate="course.clip:evaluate_clip_shapes",
+        ),
+        ModelCard(
+            "sd1-shapes", "04",
+            "mini Stable Diffusion 1.x: U-Net on vae-shapes latents, cross-attention to clip-shapes text, CFG",
+            train="course.sd1:train_sd1_shapes",
+            load="course.sd1:load_sd1_shapes_from",
+            evaluate="course.sd1:evaluate_sd1_shapes",
+            pipeline="course.sd1:sd1_shapes_pipeline",
+        ),
     )
 }
 
