@@ -54,6 +54,50 @@ def test_training_batches_are_shapes_images_and_seeded():
     assert torch.equal(a, b)
 
 
+def test_decoder_loss_weights_objects_and_their_outline():
+    x0 = data.to_tensor(data.render_batch(data.sample_scenes(2, 3)))  # (2, 3, 64, 64)
+    model = VAE(VAEConfig(block_out_channels=(8, 8, 8, 8), latent_channels=4, norm_num_groups=4))
+    loss = L.decoder_loss(model, x0, torch.Generator().manual_seed(1), fg_weight=20.0)
+    q = model.encode(x0)
+    x_hat = model.decode(q.sample(torch.Generator().manual_seed(1)))  # the same eps
+    weight = torch.ones(2, 1, 64, 64)
+    fg = (x0 - L._BACKGROUND.view(1, 3, 1, 1)).abs().amax(1, keepdim=True) > 0.05  # (2, 1, 64, 64)
+    ring = torch.nn.functional.max_pool2d(fg.float(), 3, stride=1, padding=1) > 0  # one pixel wider
+    weight[ring] = 20.0
+    torch.testing.assert_close(loss, reconstruction_loss(x_hat, x0, weight))
+    assert ring.sum() > fg.sum()
+    assert L.decoder_loss(model, x0, torch.Generator().manual_seed(1), fg_weight=1.0) < loss
+
+
+def test_decoder_finetune_keeps_encoder_latents_and_normalisation_bit_identical():
+    from course.train import TrainConfig
+
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(block_out_channels=(8, 8, 8, 8), latent_channels=4, norm_num_groups=4)).eval()
+    x0 = data.to_tensor(data.render_batch(data.sample_scenes(8, 5)))
+    before = L.raw_latents(vae, x0)
+    codec_before = L.fit_codec(vae, n=32)
+    decoder_before = [p.clone() for p in vae.decoder.parameters()]
+    result = L.finetune_decoder(vae, TrainConfig(steps=3, batch_size=2, lr=1e-2, ema_decay=None), None)
+    tuned = result.model.eval()
+    assert not any(p.requires_grad for p in tuned.encoder.parameters())
+    assert not any(p.requires_grad for p in tuned.quant_conv.parameters())
+    assert torch.equal(L.raw_latents(tuned, x0), before)  # the latents chapters 04+ train on
+    codec_after = L.fit_codec(tuned, n=32)
+    assert torch.equal(codec_after.shift, codec_before.shift) and torch.equal(codec_after.scale, codec_before.scale)
+    assert codec_after.vae.config.scaling_factor == codec_before.vae.config.scaling_factor
+    # the decoder did train, and the VAE handed in is untouched
+    assert any(not torch.equal(p, q) for p, q in zip(tuned.decoder.parameters(), decoder_before))
+    assert all(torch.equal(p, q) for p, q in zip(vae.decoder.parameters(), decoder_before))
+    assert not torch.equal(tuned.post_quant_conv.weight, vae.post_quant_conv.weight)
+
+
+def test_vae_shapes_phase_one_length_matches_the_shipped_run():
+    # the resumable phase-1 state in runs/vae-shapes ended at this step: the recipe must resume it as finished
+    assert L.VAE_SHAPES_STEPS == 1700
+    assert L.DECODER_STEPS > 0 and L.DECODER_FOREGROUND_WEIGHT > L.FOREGROUND_WEIGHT
+
+
 def test_codec_normalises_each_channel_and_round_trips_through_json():
     codec = _tiny_codec()
     x0 = data.to_tensor(data.render_batch(data.sample_scenes(64, L.STATS_SEED)))
