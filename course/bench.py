@@ -70,13 +70,37 @@ def bench_pixel_vs_latent(quick: bool) -> dict[str, float]:
     return pixel_vs_latent_cost(batch_size=4 if quick else 8, repeat=1 if quick else 3)
 
 
+def bench_ddpm_fashion(quick: bool) -> dict[str, float]:
+    """Chapter 01: one training step and one sampling step of the ddpm-fashion U-Net."""
+    from course.ddpm_fashion import bench_sampler
+
+    return bench_sampler(quick)
+
+
+def bench_unet_vs_diffusers(quick: bool) -> dict[str, float]:
+    """Chapter 04: the course U-Net against diffusers' UNet2DConditionModel, same config and weights."""
+    import importlib.util
+
+    from course import paths
+
+    spec = importlib.util.spec_from_file_location("bench_unet", paths.REPO_ROOT / "benchmarks" / "bench_unet.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    presets = ("shapes-latent",) if quick else ("shapes-latent", "fashion-32")
+    results = {}
+    for preset in presets:
+        for key, value in module.bench_unet(preset, repeats=2 if quick else 5).items():
+            results[f"{preset}: {key}"] = value
+    return results
+
+
 SECTIONS = {
     "Shapes generator (issue: >= 10,000 images/s)": bench_shapes_generator,
     "ShapesEval acceptance (real images: own >= 0.99, shuffled <= 0.25)": lambda quick: shapes_eval_acceptance(500 if quick else 2000),
     "Shapes-FID real-vs-real floor": bench_shapes_fid_floor,
     "Pixel vs latent diffusion cost (chapter 02: same U-Net on 64x64x3 vs 8x8x4)": bench_pixel_vs_latent,
-    "DDPM on Fashion-MNIST (chapter 01: the ddpm-fashion U-Net, one training step and one sampling step)":
-        lambda quick: __import__("course.ddpm_fashion", fromlist=["bench_sampler"]).bench_sampler(quick),
+    "DDPM on Fashion-MNIST (chapter 01: the ddpm-fashion U-Net, one training step and one sampling step)": bench_ddpm_fashion,
+    "U-Net: course vs diffusers (chapter 04: forward and training step, batch 64, ratio < 1 = course faster)": bench_unet_vs_diffusers,
 }
 
 

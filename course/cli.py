@@ -92,7 +92,14 @@ def cmd_generate(args) -> int:
 
     pipe = pipeline.load(args.model, checkpoint=args.checkpoint)
     prompts = [p for p in args.prompt for _ in range(args.num)]
-    images = pipe.generate(prompts, steps=args.steps, guidance=args.guidance, seed=args.seed)
+    extra = {}
+    if args.negative_prompt is not None:  # only text-to-image pipelines take negative prompts
+        import inspect
+
+        if "negative_prompts" not in inspect.signature(pipe.generate).parameters:
+            raise ValueError(f"{args.model} does not take negative prompts (it is not a text-to-image model)")
+        extra["negative_prompts"] = [args.negative_prompt] * len(prompts)
+    images = pipe.generate(prompts, steps=args.steps, guidance=args.guidance, seed=args.seed, **extra)
     for path in pipeline.save_images(images, args.out, prefix=args.model):
         print(path)
     return 0
@@ -161,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=1, help="images per prompt")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--negative-prompt", default=None, help="what to steer away from (text-to-image models, guidance > 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="generated")
     p.add_argument("--checkpoint", default=None, help="a .safetensors file instead of the shipped one")

@@ -79,3 +79,10 @@ def test_accelerate_launch_trains_on_two_cpu_processes(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "data-parallel training on 2 processes" in run.stdout
     assert (tmp_path / "shapes-classifier.safetensors").exists()
+
+
+def test_generate_writes_pngs_and_refuses_negative_prompts_for_unconditional_models(tmp_path, capsys):
+    assert cli.main(["generate", "--model", "ddpm-fashion", "--num", "2", "--steps", "3", "--out", str(tmp_path)]) == 0
+    assert len(list(tmp_path.glob("*.png"))) == 2
+    assert cli.main(["generate", "--model", "ddpm-fashion", "--steps", "3", "--negative-prompt", "x", "--out", str(tmp_path)]) == 2
+    assert "does not take negative prompts" in capsys.readouterr().err
