@@ -15,7 +15,7 @@ import torch
 from course import data, metrics
 
 
-def _timed(fn, repeat: int = 3) -> float:
+def best_time(fn, repeat: int = 3) -> float:
     """Best wall time of `repeat` calls, in seconds."""
     best = float("inf")
     for _ in range(repeat):
@@ -28,9 +28,9 @@ def _timed(fn, repeat: int = 3) -> float:
 def bench_shapes_generator(quick: bool) -> dict[str, float]:
     """Images per second of the Shapes world: scenes + rendering + captions, and rendering alone."""
     n = 2_000 if quick else 10_000
-    full = _timed(lambda: data.sample_batch(n, seed=1))
+    full = best_time(lambda: data.sample_batch(n, seed=1))
     scenes = data.sample_scenes(n, seed=2)
-    render = _timed(lambda: data.render_batch(scenes))
+    render = best_time(lambda: data.render_batch(scenes))
     return {"images": n, "sample_batch_img_per_s": round(n / full), "render_img_per_s": round(n / render)}
 
 

@@ -140,20 +140,30 @@ def train_shapes_classifier(steps: int | None, run_dir: Path, fresh: bool, progr
     )
 
 
-def load_shapes_classifier_from(tensors: dict[str, torch.Tensor], config: dict) -> FeatureClassifier:
+def load_classifier_from(tensors: dict[str, torch.Tensor], config: dict, source: str = "classifier") -> FeatureClassifier:
+    """A FeatureClassifier rebuilt from its config with these (already verified) weights, in eval mode."""
     from course import checkpoints
 
     model = FeatureClassifier(ClassifierConfig(**config))
-    checkpoints.load_into(model, tensors, source="shapes-classifier")
+    checkpoints.load_into(model, tensors, source=source)
     return model.eval()
+
+
+def load_classifier(name: str, checkpoint: str | Path | None = None) -> FeatureClassifier:
+    """The shipped classifier `name` (or the one in `checkpoint`), hash-verified, in eval mode."""
+    from course import checkpoints
+
+    tensors, entry = checkpoints.load_checkpoint(None if checkpoint else name, checkpoint)
+    return load_classifier_from(tensors, entry["config"], source=str(checkpoint or name))
+
+
+def load_shapes_classifier_from(tensors: dict[str, torch.Tensor], config: dict) -> FeatureClassifier:
+    return load_classifier_from(tensors, config, source="shapes-classifier")
 
 
 def load_shapes_classifier(checkpoint: str | Path | None = None) -> FeatureClassifier:
     """The shipped Shapes classifier (or one from `checkpoint`), hash-verified, in eval mode."""
-    from course import checkpoints
-
-    tensors, entry = checkpoints.load_checkpoint(None if checkpoint else "shapes-classifier", checkpoint)
-    return load_shapes_classifier_from(tensors, entry["config"])
+    return load_classifier("shapes-classifier", checkpoint)
 
 
 @torch.no_grad()
@@ -221,19 +231,12 @@ def train_fashion_classifier(steps: int | None, run_dir: Path, fresh: bool, prog
 
 
 def load_fashion_classifier_from(tensors: dict[str, torch.Tensor], config: dict) -> FeatureClassifier:
-    from course import checkpoints
-
-    model = FeatureClassifier(ClassifierConfig(**config))
-    checkpoints.load_into(model, tensors, source="fashion-classifier")
-    return model.eval()
+    return load_classifier_from(tensors, config, source="fashion-classifier")
 
 
 def load_fashion_classifier(checkpoint: str | Path | None = None) -> FeatureClassifier:
     """The shipped Fashion-MNIST classifier (or one from `checkpoint`), hash-verified, in eval mode."""
-    from course import checkpoints
-
-    tensors, entry = checkpoints.load_checkpoint(None if checkpoint else "fashion-classifier", checkpoint)
-    return load_fashion_classifier_from(tensors, entry["config"])
+    return load_classifier("fashion-classifier", checkpoint)
 
 
 @torch.no_grad()

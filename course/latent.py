@@ -432,17 +432,6 @@ def denoiser_config(space: str):
                       layers_per_block=1, num_heads=1, cross_attention_dim=None, norm_num_groups=32)
 
 
-def _best_time(fn, repeat: int) -> float:
-    import time
-
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def pixel_vs_latent_cost(batch_size: int = 8, sampling_steps: int = 50, repeat: int = 2) -> dict[str, float]:
     """Measure one diffusion training step and one sampling run in pixel space and in latent space.
 
@@ -453,6 +442,7 @@ def pixel_vs_latent_cost(batch_size: int = 8, sampling_steps: int = 50, repeat: 
     Returns:
         seconds per image for each, and the ratios pixel / latent.
     """
+    from course.bench import best_time
     from course.unet import UNet
     from course.vae import VAE as _VAE
 
@@ -474,12 +464,12 @@ def pixel_vs_latent_cost(batch_size: int = 8, sampling_steps: int = 50, repeat: 
 
         out[f"{space}_params"] = sum(p.numel() for p in model.parameters())
         reps = repeat if space == "pixels" else 5 * repeat  # the cheap latent model: more tries, a steadier best time
-        out[f"{space}_train_ms_per_image"] = 1e3 * _best_time(train_step, reps) / batch_size
-        out[f"{space}_forward_ms_per_image"] = 1e3 * _best_time(forward, reps) / batch_size
+        out[f"{space}_train_ms_per_image"] = 1e3 * best_time(train_step, reps) / batch_size
+        out[f"{space}_forward_ms_per_image"] = 1e3 * best_time(forward, reps) / batch_size
     decoder = _VAE(VAE_SHAPES).eval()
     z = torch.randn(batch_size, 4, 8, 8)
     with torch.no_grad():
-        out["vae_decode_ms_per_image"] = 1e3 * _best_time(lambda: decoder.decode(z), 5 * repeat) / batch_size
+        out["vae_decode_ms_per_image"] = 1e3 * best_time(lambda: decoder.decode(z), 5 * repeat) / batch_size
     out["pixels_sample_ms_per_image"] = sampling_steps * out["pixels_forward_ms_per_image"]
     out["latents_sample_ms_per_image"] = sampling_steps * out["latents_forward_ms_per_image"] + out["vae_decode_ms_per_image"]
     out["train_step_ratio"] = out["pixels_train_ms_per_image"] / out["latents_train_ms_per_image"]
