@@ -155,3 +155,27 @@ def test_diffusers_folder_pipeline_parity(tmp_path):
     z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     kw = dict(steps=3, latents=z, negative_prompts=["a", "b"])
     assert (ours.sample(["x", "y"], guidance=4.0, **kw) - ours.sample(["x", "y"], guidance=2.0, **kw)).abs().max() > 1e-3
+
+
+def test_check_cross_attention_catches_typical_mistakes(capsys):
+    import math
+
+    from course import exercises
+
+    def solution(q, k, v):
+        w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (B, N, T)
+        return w @ v  # (B, N, d)
+
+    def wrong_axis(q, k, v):
+        return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-2) @ v  # softmax over image tokens
+
+    def no_scale(q, k, v):
+        return torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+
+    def stub(q, k, v):
+        raise NotImplementedError(exercises.STUB_MESSAGE)
+
+    assert exercises.check_cross_attention(solution)
+    for bad in (wrong_axis, no_scale, stub):
+        with pytest.raises(exercises.ExerciseFailed):
+            exercises.check_cross_attention(bad)
