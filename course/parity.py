@@ -23,6 +23,8 @@ COMPONENTS: dict[str, str] = {
     "unet": "course.unet:parity_unet",  # diffusers.UNet2DConditionModel
     "clip_text": "course.text:parity_clip_text",  # transformers.CLIPTextModel / CLIPTextModelWithProjection
     "sd1_pipeline": "course.sd1:parity_sd1_pipeline",  # diffusers.StableDiffusionPipeline, via a saved folder
+    "sdxl_unet": "course.sdxl:parity_sdxl_unet",  # diffusers.UNet2DConditionModel with SDXL's text_time embedding
+    "sdxl_pipeline": "course.sdxl:parity_sdxl_pipeline",  # diffusers.StableDiffusionXLPipeline, via a saved folder
 }
 
 

@@ -93,25 +93,32 @@ def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance: floa
 
 
 def guided_eps(unet: Callable, xt: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor | None,
-               guidance: float) -> torch.Tensor:
+               guidance: float, added: dict[str, torch.Tensor] | None = None,
+               added_uncond: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """The model's guided eps at (xt, t): one forward pass over the batch [uncond; cond].
 
     Args:
-        unet: (x (2B, C, h, w), t, cond (2B, T, D)) -> eps (2B, C, h, w).
+        unet: (x (2B, C, h, w), t, cond (2B, T, D)[, added]) -> eps (2B, C, h, w).
         xt: (B, C, h, w) the current latents.
         t: the timestep.
         cond: (B, T, D) the prompts' text states.
         uncond: (B, T, D) the empty or negative prompts' states; unused (may be None) when guidance == 1.
         guidance: w >= 1.
+        added: optional extra conditioning of the prompts, a dict of (B, ...) tensors given to the
+            U-Net as its 4th argument (SDXL: {"text_embeds": (B, P), "time_ids": (B, 6)}); None for SD 1.x.
+        added_uncond: the same for the unconditional branch (needed with `added` when guidance > 1).
 
     Returns:
         (B, C, h, w) guided eps.
     """
+    extra = () if added is None else (added,)
     if guidance == 1.0:  # as diffusers: no unconditional pass when it cannot change the result
-        return unet(xt, t, cond)
+        return unet(xt, t, cond, *extra)
     x_in = torch.cat([xt, xt])  # (2B, C, h, w)
     c_in = torch.cat([uncond, cond])  # (2B, T, D): unconditional half first, as diffusers
-    eps_uncond, eps_cond = unet(x_in, t, c_in).chunk(2)  # (B, C, h, w) each
+    if added is not None:
+        extra = ({k: torch.cat([added_uncond[k], added[k]]) for k in added},)  # (2B, ...) each, unconditional first
+    eps_uncond, eps_cond = unet(x_in, t, c_in, *extra).chunk(2)  # (B, C, h, w) each
     return cfg_combine(eps_uncond, eps_cond, guidance)
 
 
@@ -175,6 +182,13 @@ def ddim_sample(eps_fn: Callable, xt: torch.Tensor, schedule: ddpm.Schedule, ste
     return x
 
 
+def _to(value, device: torch.device):
+    """A tensor, a dict of tensors, or None, moved to `device`."""
+    if isinstance(value, dict):
+        return {k: v.to(device) for k, v in value.items()}
+    return value.to(device) if value is not None else None
+
+
 class TextToImage:
     """A Stable Diffusion 1.x pipeline: prompts -> text states -> guided DDIM in latent space -> VAE decoder.
 
@@ -216,6 +230,17 @@ class TextToImage:
         uncond = self.text_encoder(list(negative_prompts) if negative_prompts is not None else [""] * len(prompts))  # (B, T, D)
         return cond, uncond
 
+    @torch.no_grad()
+    def conditioning(self, prompts: list[str], negative_prompts: list[str] | None, guidance: float):
+        """(cond, uncond, added, added_uncond): everything the U-Net is conditioned on, for both branches.
+
+        SD 1.x reads only the text states (added = added_uncond = None). A subclass whose U-Net
+        takes more (`course.sdxl.SDXLTextToImage`: pooled text and size/crop ids) overrides this;
+        the extra keywords of its `sample_latents` / `generate` arrive here.
+        """
+        cond, uncond = self.encode_prompts(prompts, negative_prompts, guidance)
+        return cond, uncond, None, None
+
     def _check(self, prompts, negative_prompts, steps: int, guidance: float) -> None:
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompts must be a list of strings, one per image, e.g. ['a red circle'] * 4")
@@ -239,14 +264,13 @@ class TextToImage:
     @torch.no_grad()
     def sample_latents(self, prompts: list[str], *, steps: int = 50, guidance: float = 1.0, seed: int = 0,
                        negative_prompts: list[str] | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
-                       init_images: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
+                       init_images: torch.Tensor | None = None, strength: float = 1.0, **conditioning) -> torch.Tensor:
         """The clean latents z0 (B, C, h, w) before the VAE decoder; the arguments are `generate`'s."""
         self._check(prompts, negative_prompts, steps, guidance)
         device, B = self._device(), len(prompts)
         generator = torch.Generator().manual_seed(seed)  # one per call: the same seed, the same images
-        cond, uncond = self.encode_prompts(prompts, negative_prompts, guidance)
-        cond = cond.to(device)
-        uncond = uncond.to(device) if uncond is not None else None
+        cond, uncond, added, added_uncond = (_to(v, device) for v in
+                                             self.conditioning(prompts, negative_prompts, guidance, **conditioning))
         shape = (B, *self.latent_shape)  # (B, C, h, w)
         if init_images is None:
             timesteps = ddim_timesteps(self.schedule, steps)
@@ -264,12 +288,12 @@ class TextToImage:
             z0 = self.codec.encode(init_images.to(self._codec_device())).to(device)  # (B, C, h, w), the posterior mean
             eps = ddpm._randn(z0.shape, generator, device) if latents is None else latents.to(device)
             xt = ddpm.q_sample(z0, timesteps[0], eps, self.schedule.alpha_bar)  # SDEdit: noise to t_start
-        eps_fn = lambda x, t: guided_eps(self.unet, x, t, cond, uncond, guidance)  # noqa: E731
+        eps_fn = lambda x, t: guided_eps(self.unet, x, t, cond, uncond, guidance, added, added_uncond)  # noqa: E731
         return ddim_sample(eps_fn, xt, self.schedule, steps, timesteps, eta, generator)  # (B, C, h, w)
 
     def generate(self, prompts: list[str], *, steps: int = 50, guidance: float = 1.0, seed: int = 0,
                  negative_prompts: list[str] | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
-                 init_images: np.ndarray | torch.Tensor | None = None, strength: float = 1.0) -> np.ndarray:
+                 init_images: np.ndarray | torch.Tensor | None = None, strength: float = 1.0, **conditioning) -> np.ndarray:
         """Images for prompts: text-to-image, or image-to-image (SDEdit) when `init_images` is given.
 
         Args:
@@ -282,6 +306,7 @@ class TextToImage:
             latents: (B, C, h, w) starting noise instead of drawing it from the seed.
             init_images: img2img: uint8 (B, H, W, 3) or float (B, 3, H, W) in [-1, 1].
             strength: img2img: how far to noise the init images, in (0, 1].
+            **conditioning: extra keywords of a subclass's `conditioning` (SDXL's sizes and crop).
 
         Returns:
             uint8 (B, H, W, 3).
@@ -294,5 +319,5 @@ class TextToImage:
         if isinstance(init_images, np.ndarray):
             init_images = data.to_tensor(init_images)  # (B, 3, H, W) in [-1, 1]
         x0 = self.sample(prompts, steps=steps, guidance=guidance, seed=seed, negative_prompts=negative_prompts,
-                         eta=eta, latents=latents, init_images=init_images, strength=strength)
+                         eta=eta, latents=latents, init_images=init_images, strength=strength, **conditioning)
         return data.to_images(x0)  # (B, H, W, 3) uint8

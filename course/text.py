@@ -116,13 +116,17 @@ def clip_tokenizer():
     return tokenizer
 
 
-def tokenize(texts: str | list[str], max_length: int = CONTEXT_LENGTH) -> dict[str, torch.Tensor]:
+def tokenize(texts: str | list[str], max_length: int = CONTEXT_LENGTH, pad_token_id: int = EOS_ID) -> dict[str, torch.Tensor]:
     """Tokenize prompts as Stable Diffusion does: BOS, word pieces, EOS, padded to `max_length`.
 
     Args:
         texts: a prompt or a list of B prompts. Text is lower-cased; a prompt longer than
             max_length - 2 word pieces is truncated (its EOS is kept at the last position).
         max_length: the context length T (77 for every CLIP text encoder).
+        pad_token_id: what fills the positions after the EOS. SD 1.x's tokenizer (and SDXL's first)
+            pads with the EOS itself (49407); OpenCLIP's (SD 2.x, SDXL's second) with "!" (id 0).
+            The causal mask hides padding from the real tokens, but the padded positions' own
+            states, which the U-Net's cross-attention reads, depend on it.
 
     Returns:
         {"input_ids": (B, T) long, "attention_mask": (B, T) long, 1 on BOS..EOS and 0 on padding}.
@@ -136,7 +140,10 @@ def tokenize(texts: str | list[str], max_length: int = CONTEXT_LENGTH) -> dict[s
     if max_length < 2:
         raise ValueError(f"max_length must leave room for BOS and EOS (>= 2), got {max_length}")
     out = clip_tokenizer()(list(texts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
-    return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+    ids, mask = out["input_ids"], out["attention_mask"]  # (B, T) each, EOS-padded
+    if pad_token_id != EOS_ID:
+        ids = ids.masked_fill(mask == 0, pad_token_id)  # (B, T): the padding only, never the EOS itself
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 # ============================================================================ text transformer

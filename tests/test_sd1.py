@@ -54,7 +54,7 @@ def test_recipe_unet_matches_clip_shapes_width():
     from course.clip import CLIP_SHAPES
 
     assert sd1.SD1_SHAPES_UNET.cross_attention_dim == CLIP_SHAPES.text_width
-    assert sd1.SCHEDULE.beta_schedule == "scaled_linear" and sd1.SCHEDULE.prediction_type == "epsilon"
+    assert sd1.SCHEDULE.beta_schedule == "scaled_linear" and sd1.SCHEDULE.prediction_type == "v_prediction"
 
 
 def test_latent_bank_is_cached_and_keyed_by_the_codec(codec, tmp_path):
@@ -156,6 +156,18 @@ def test_diffusers_folder_pipeline_parity(tmp_path):
     kw = dict(steps=3, latents=z, negative_prompts=["a", "b"])
     assert (ours.sample(["x", "y"], guidance=4.0, **kw) - ours.sample(["x", "y"], guidance=2.0, **kw)).abs().max() > 1e-3
 
+
+
+def test_sd2_style_v_prediction_folder_parity(tmp_path):
+    """An SD 2.x-style folder: v-prediction and OpenCLIP's "!" padding, read from the folder's configs."""
+    scheduler = dict(sd1.PARITY_DEFAULT_CONFIG["scheduler"], prediction_type="v_prediction")
+    assert sd1.parity_sd1_pipeline(dict(scheduler=scheduler), folder=tmp_path) <= 1e-4
+    ours = sd1.load_diffusers_folder(tmp_path)
+    assert ours.schedule.prediction_type == "v_prediction"
+    tok = json.loads((tmp_path / "tokenizer" / "tokenizer_config.json").read_text())
+    tok["pad_token"] = "!"
+    (tmp_path / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(tok))
+    assert sd1.load_diffusers_folder(tmp_path).text_encoder.pad_token_id == 0
 
 def test_check_cross_attention_catches_typical_mistakes(capsys):
     import math
