@@ -88,17 +88,22 @@ def cmd_eval(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    import inspect
+
     from course import pipeline
 
     pipe = pipeline.load(args.model, checkpoint=args.checkpoint)
     prompts = [p for p in args.prompt for _ in range(args.num)]
     extra = {}
+    text_to_image = "negative_prompts" in inspect.signature(pipe.generate).parameters
     if args.negative_prompt is not None:  # only text-to-image pipelines take negative prompts
-        import inspect
-
-        if "negative_prompts" not in inspect.signature(pipe.generate).parameters:
+        if not text_to_image:
             raise ValueError(f"{args.model} does not take negative prompts (it is not a text-to-image model)")
         extra["negative_prompts"] = [args.negative_prompt] * len(prompts)
+    if args.sampler is not None:
+        if not text_to_image:
+            raise ValueError(f"{args.model} has no --sampler choice (it is not a text-to-image model)")
+        extra["sampler"] = args.sampler
     images = pipe.generate(prompts, steps=args.steps, guidance=args.guidance, seed=args.seed, **extra)
     for path in pipeline.save_images(images, args.out, prefix=args.model):
         print(path)
@@ -169,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--negative-prompt", default=None, help="what to steer away from (text-to-image models, guidance > 1)")
+    p.add_argument("--sampler", choices=("ddim", "euler"), default=None, help="text-to-image models: DDIM (default) or Euler")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="generated")
     p.add_argument("--checkpoint", default=None, help="a .safetensors file instead of the shipped one")

@@ -19,6 +19,7 @@ from typing import Any
 COMPONENTS: dict[str, str] = {
     "ddpm_scheduler": "course.ddpm:parity_ddpm_scheduler",  # diffusers.DDPMScheduler
     "ddim_scheduler": "course.ddpm:parity_ddim_scheduler",  # diffusers.DDIMScheduler
+    "euler_scheduler": "course.euler:parity_euler_scheduler",  # diffusers.EulerDiscreteScheduler
     "vae": "course.vae:parity_vae",  # diffusers.AutoencoderKL
     "unet": "course.unet:parity_unet",  # diffusers.UNet2DConditionModel
     "clip_text": "course.text:parity_clip_text",  # transformers.CLIPTextModel / CLIPTextModelWithProjection

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from course import checkpoints, ddpm, zoo
+from course import checkpoints, ddpm, euler, zoo
 
 
 class Pipeline(Protocol):
@@ -189,8 +189,11 @@ def _to(value, device: torch.device):
     return value.to(device) if value is not None else None
 
 
+SAMPLERS = ("ddim", "euler")  # deterministic DDIM (SD 1.x's DDIMScheduler) and Euler (EulerDiscreteScheduler, SDXL's default)
+
+
 class TextToImage:
-    """A Stable Diffusion 1.x pipeline: prompts -> text states -> guided DDIM in latent space -> VAE decoder.
+    """A Stable Diffusion 1.x pipeline: prompts -> text states -> guided DDIM or Euler in latent space -> VAE decoder.
 
     The same class runs the course's `sd1-shapes` and any SD 1.x model in diffusers format loaded
     with `course.sd1.load_diffusers_folder` (then its images equal diffusers'
@@ -202,18 +205,23 @@ class TextToImage:
         codec: latents <-> images: `decode(z)` -> (B, 3, H, W) in [-1, 1], `encode(x0)` -> z, and
             `vae.config.downsample_factor`; a `course.latent.LatentCodec` (its normalisation is SD's
             scaling factor for diffusers models, the per-channel one for vae-shapes).
-        schedule: the noise schedule the U-Net was trained with (eps-prediction).
+        schedule: the noise schedule the U-Net was trained with (its prediction_type says how
+            the output is read: eps, or v).
         image_size: H = W of the images generated (a multiple of the codec's downsample factor).
+        sampler: the default sampler, one of SAMPLERS ("euler" for folders that ship an
+            EulerDiscreteScheduler); `generate(sampler=...)` overrides it per call.
     """
 
-    def __init__(self, unet: nn.Module, text_encoder: Callable, codec: nn.Module, schedule: ddpm.Schedule, image_size: int):
+    def __init__(self, unet: nn.Module, text_encoder: Callable, codec: nn.Module, schedule: ddpm.Schedule, image_size: int,
+                 sampler: str = "ddim"):
         f = codec.vae.config.downsample_factor
         if image_size % f:
             raise ValueError(f"image_size {image_size} must be a multiple of the VAE's downsample factor {f}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
         self.unet, self.text_encoder, self.codec, self.schedule = unet, text_encoder, codec, schedule
-        self.image_size = image_size
+        self.image_size, self.sampler = image_size, sampler
         self.latent_shape = (codec.vae.config.latent_channels, image_size // f, image_size // f)  # (C, h, w)
-        self.init_noise_sigma = 1.0  # DDIM starts from N(0, I) (an Euler sampler from sigma_max * N(0, I))
 
     def _device(self) -> torch.device:
         return next(self.unet.parameters()).device
@@ -241,7 +249,7 @@ class TextToImage:
         cond, uncond = self.encode_prompts(prompts, negative_prompts, guidance)
         return cond, uncond, None, None
 
-    def _check(self, prompts, negative_prompts, steps: int, guidance: float) -> None:
+    def _check(self, prompts, negative_prompts, steps: int, guidance: float, sampler: str = "ddim", eta: float = 0.0) -> None:
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompts must be a list of strings, one per image, e.g. ['a red circle'] * 4")
         if negative_prompts is not None:
@@ -254,6 +262,10 @@ class TextToImage:
         if guidance < 1.0:
             raise ValueError(f"guidance must be >= 1 (1 = no guidance, the conditional model alone; SD uses 7.5); got {guidance}. "
                              "w < 1 would mix in the unconditional model, which is not what a guidance scale is for")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+        if sampler == "euler" and eta != 0.0:
+            raise ValueError("eta > 0 is DDIM's stochastic variant; the Euler sampler is deterministic: use sampler='ddim'")
 
     @torch.no_grad()
     def sample(self, prompts: list[str], **kwargs) -> torch.Tensor:
@@ -264,60 +276,73 @@ class TextToImage:
     @torch.no_grad()
     def sample_latents(self, prompts: list[str], *, steps: int = 50, guidance: float = 1.0, seed: int = 0,
                        negative_prompts: list[str] | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
-                       init_images: torch.Tensor | None = None, strength: float = 1.0, **conditioning) -> torch.Tensor:
+                       init_images: torch.Tensor | None = None, strength: float = 1.0, sampler: str | None = None,
+                       **conditioning) -> torch.Tensor:
         """The clean latents z0 (B, C, h, w) before the VAE decoder; the arguments are `generate`'s."""
-        self._check(prompts, negative_prompts, steps, guidance)
+        sampler = sampler or self.sampler
+        self._check(prompts, negative_prompts, steps, guidance, sampler, eta)
         device, B = self._device(), len(prompts)
         generator = torch.Generator().manual_seed(seed)  # one per call: the same seed, the same images
         cond, uncond, added, added_uncond = (_to(v, device) for v in
                                              self.conditioning(prompts, negative_prompts, guidance, **conditioning))
         shape = (B, *self.latent_shape)  # (B, C, h, w)
-        if init_images is None:
-            timesteps = ddim_timesteps(self.schedule, steps)
-            if latents is None:
-                latents = ddpm._randn(shape, generator, device)  # (B, C, h, w)
-            elif tuple(latents.shape) != shape:
-                raise ValueError(f"latents must have shape {shape} (B, C, h, w) for {B} prompts at {self.image_size}px, "
-                                 f"got {tuple(latents.shape)}")
-            xt = latents.to(device) * self.init_noise_sigma
-        else:
-            timesteps = img2img_timesteps(self.schedule, steps, strength)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} (B, C, h, w) for {B} prompts at {self.image_size}px, "
+                             f"got {tuple(latents.shape)}")
+        noise = ddpm._randn(shape, generator, device) if latents is None else latents.to(device)  # (B, C, h, w)
+        z0 = None
+        if init_images is not None:
             if init_images.shape != (B, 3, self.image_size, self.image_size):
                 raise ValueError(f"init_images must be (B={B}, 3, {self.image_size}, {self.image_size}) in [-1, 1], "
                                  f"got {tuple(init_images.shape)}")
             z0 = self.codec.encode(init_images.to(self._codec_device())).to(device)  # (B, C, h, w), the posterior mean
-            eps = ddpm._randn(z0.shape, generator, device) if latents is None else latents.to(device)
-            xt = ddpm.q_sample(z0, timesteps[0], eps, self.schedule.alpha_bar)  # SDEdit: noise to t_start
-        eps_fn = lambda x, t: guided_eps(self.unet, x, t, cond, uncond, guidance, added, added_uncond)  # noqa: E731
-        return ddim_sample(eps_fn, xt, self.schedule, steps, timesteps, eta, generator)  # (B, C, h, w)
+        model_fn = lambda x, t: guided_eps(self.unet, x, t, cond, uncond, guidance, added, added_uncond)  # noqa: E731
+        if sampler == "euler":
+            timesteps, sigmas = euler.euler_timesteps(self.schedule, steps)  # (N,), (N + 1,)
+            if z0 is None:
+                x = noise * euler.init_noise_sigma(self.schedule, sigmas)
+            else:  # SDEdit in sigma coordinates: x = z0 + sigma_start eps, then the last steps only
+                start = steps - len(img2img_timesteps(self.schedule, steps, strength))
+                timesteps, sigmas = timesteps[start:], sigmas[start:]
+                x = z0 + float(sigmas[0]) * noise
+            return euler.euler_sample(model_fn, x, self.schedule, timesteps, sigmas)  # (B, C, h, w)
+        if z0 is None:
+            timesteps, xt = ddim_timesteps(self.schedule, steps), noise  # DDIM starts from N(0, I)
+        else:
+            timesteps = img2img_timesteps(self.schedule, steps, strength)
+            xt = ddpm.q_sample(z0, timesteps[0], noise, self.schedule.alpha_bar)  # SDEdit: noise to t_start
+        return ddim_sample(model_fn, xt, self.schedule, steps, timesteps, eta, generator)  # (B, C, h, w)
 
     def generate(self, prompts: list[str], *, steps: int = 50, guidance: float = 1.0, seed: int = 0,
                  negative_prompts: list[str] | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
-                 init_images: np.ndarray | torch.Tensor | None = None, strength: float = 1.0, **conditioning) -> np.ndarray:
+                 init_images: np.ndarray | torch.Tensor | None = None, strength: float = 1.0, sampler: str | None = None,
+                 **conditioning) -> np.ndarray:
         """Images for prompts: text-to-image, or image-to-image (SDEdit) when `init_images` is given.
 
         Args:
             prompts: B strings, one image each.
-            steps: DDIM steps of the full chain (img2img runs the last int(steps * strength) of them).
+            steps: sampler steps of the full chain (img2img runs the last int(steps * strength) of them).
             guidance: classifier-free guidance scale w >= 1 (1: no guidance, one forward per step).
             seed: seeds a fresh torch.Generator for this call: the same seed gives the same images.
             negative_prompts: B strings that replace the empty prompt as the unconditional branch.
-            eta: DDIM noise, 0 (deterministic) ... 1.
+            eta: DDIM noise, 0 (deterministic) ... 1; DDIM only.
             latents: (B, C, h, w) starting noise instead of drawing it from the seed.
             init_images: img2img: uint8 (B, H, W, 3) or float (B, 3, H, W) in [-1, 1].
             strength: img2img: how far to noise the init images, in (0, 1].
+            sampler: "ddim" or "euler" (`course.euler`); default the pipeline's own.
             **conditioning: extra keywords of a subclass's `conditioning` (SDXL's sizes and crop).
 
         Returns:
             uint8 (B, H, W, 3).
 
         Ref: Rombach et al. 2022 (LDM), Sec. 3.3; Ho & Salimans 2022 (CFG); Song et al. 2021 (DDIM);
-        Meng et al. 2022 (SDEdit).
+        Karras et al. 2022 (Euler); Meng et al. 2022 (SDEdit).
         """
         from course import data
 
         if isinstance(init_images, np.ndarray):
             init_images = data.to_tensor(init_images)  # (B, 3, H, W) in [-1, 1]
         x0 = self.sample(prompts, steps=steps, guidance=guidance, seed=seed, negative_prompts=negative_prompts,
-                         eta=eta, latents=latents, init_images=init_images, strength=strength, **conditioning)
+                         eta=eta, latents=latents, init_images=init_images, strength=strength, sampler=sampler,
+                         **conditioning)
         return data.to_images(x0)  # (B, H, W, 3) uint8

@@ -363,21 +363,27 @@ def text_encoder_from_folder(folder: Path, tokenizer_folder: Path) -> PromptEnco
     return PromptEncoder(transformer.eval(), context, pad_token_id=pad_id)
 
 
-def schedule_from_folder(folder: Path) -> ddpm.Schedule:
-    """scheduler/ of a diffusers pipeline folder: its betas and prediction type, sampled by the course with DDIM.
+def schedule_from_folder(folder: Path) -> tuple[ddpm.Schedule, str]:
+    """scheduler/ of a diffusers pipeline folder: (its betas, spacing and prediction type; the course sampler for it).
 
-    DDIM, PNDM (SD 1.x's default) and DDPM configs share the same betas; SDXL ships an
-    EulerDiscreteScheduler over the same betas. Where the config is silent, SD's DDIM settings
-    (no x0 clipping, alpha_bar[0] past the last step) are used.
+    DDIM, PNDM (SD 1.x's default) and DDPM configs share the same betas and are sampled with
+    DDIM; SDXL ships an EulerDiscreteScheduler, sampled with `course.euler`. Where an Euler config
+    is silent, SD's DDIM settings (no x0 clipping, alpha_bar[0] past the last step) fill the
+    fields DDIM would need.
     """
     cfg = _read_json(folder / "scheduler_config.json")
     name = cfg.get("_class_name")
     if name not in ("DDIMScheduler", "PNDMScheduler", "DDPMScheduler", "EulerDiscreteScheduler"):
         raise NotImplementedError(f"scheduler {name!r}: the course samples with DDIM on a DDPM-family schedule "
                                   "(DDIM, PNDM, DDPM or EulerDiscrete configs)")
-    if name == "EulerDiscreteScheduler":
-        cfg = {"clip_sample": False, "set_alpha_to_one": False, **cfg}
-    return ddpm.schedule_from_diffusers(cfg)
+    if name != "EulerDiscreteScheduler":
+        return ddpm.schedule_from_diffusers(cfg), "ddim"
+    defaults = dict(interpolation_type="linear", use_karras_sigmas=False, use_exponential_sigmas=False,
+                    use_beta_sigmas=False, timestep_type="discrete", final_sigmas_type="zero")
+    for key, default in defaults.items():
+        if cfg.get(key, default) != default:
+            raise NotImplementedError(f"EulerDiscreteScheduler with {key}={cfg[key]!r}: course.euler implements {default!r}")
+    return ddpm.schedule_from_diffusers({"clip_sample": False, "set_alpha_to_one": False, **cfg}), "euler"
 
 
 def load_diffusers_folder(path: str | Path, image_size: int | None = None) -> TextToImage:
@@ -403,7 +409,8 @@ def load_diffusers_folder(path: str | Path, image_size: int | None = None) -> Te
     unet, codec = unet_from_folder(root / "unet"), codec_from_folder(root / "vae")
     text_encoder = text_encoder_from_folder(root / "text_encoder", root / "tokenizer")
     size = image_size or (unet.config.sample_size or 64) * codec.vae.config.downsample_factor
-    return TextToImage(unet, text_encoder, codec, schedule_from_folder(root / "scheduler"), image_size=size)
+    schedule, sampler = schedule_from_folder(root / "scheduler")
+    return TextToImage(unet, text_encoder, codec, schedule, image_size=size, sampler=sampler)
 
 
 PARITY_DEFAULT_CONFIG = dict(  # tiny SD 1.x parts: an 8x8x4 latent, 16x16 images
@@ -416,6 +423,7 @@ PARITY_DEFAULT_CONFIG = dict(  # tiny SD 1.x parts: an 8x8x4 latent, 16x16 image
     text_encoder=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, max_position_embeddings=77, eos_token_id=49407, bos_token_id=49406,
                       pad_token_id=49407),
+    scheduler_class="DDIMScheduler",
     scheduler=dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                    clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading"),
     steps=10, guidance=4.0,
@@ -444,7 +452,8 @@ def parity_sd1_pipeline(config: dict | None = None, seed: int = 0, *, folder: st
     import copy
     import tempfile
 
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    import diffusers
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig as HFCLIPTextConfig, CLIPTextModel
 
     from course.text import clip_tokenizer
@@ -459,7 +468,8 @@ def parity_sd1_pipeline(config: dict | None = None, seed: int = 0, *, folder: st
                 p.add_(0.02 * torch.randn_like(p))
     tokenizer = copy.deepcopy(clip_tokenizer())  # a copy: the course's cached tokenizer stays as it is
     tokenizer.model_max_length = cfg["text_encoder"]["max_position_embeddings"]
-    ref = StableDiffusionPipeline(**parts, tokenizer=tokenizer, scheduler=DDIMScheduler(**cfg["scheduler"]),
+    scheduler = getattr(diffusers, cfg["scheduler_class"])(**cfg["scheduler"])  # DDIMScheduler or EulerDiscreteScheduler
+    ref = StableDiffusionPipeline(**parts, tokenizer=tokenizer, scheduler=scheduler,
                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     prompts, negatives = list(cfg["prompts"]), list(cfg["negative_prompts"])
     with tempfile.TemporaryDirectory() as tmp:

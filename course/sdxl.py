@@ -139,7 +139,7 @@ class DualPromptEncoder(nn.Module):
 
 
 class SDXLTextToImage(TextToImage):
-    """SDXL text-to-image: `TextToImage`'s guided DDIM, with SDXL's conditioning on both branches.
+    """SDXL text-to-image: `TextToImage`'s guided DDIM or Euler, with SDXL's conditioning on both branches.
 
     Per image the U-Net gets cond (B, T, D1 + D2) and added = {"text_embeds": pooled (B, P),
     "time_ids": (B, 6)}. The unconditional branch gets the negative prompts' cond and pooled; with
@@ -153,12 +153,12 @@ class SDXLTextToImage(TextToImage):
         unet: a U-Net with addition_embed_type="text_time" (cross_attention_dim D1 + D2,
             projection_class_embeddings_input_dim P + 6 * addition_time_embed_dim).
         text_encoder: a `DualPromptEncoder`.
-        codec, schedule, image_size: as in `TextToImage`.
+        codec, schedule, image_size, sampler: as in `TextToImage`.
         force_zeros_for_empty_prompt: zeros as the unconditional input when no negative prompt is given.
     """
 
     def __init__(self, unet: UNet, text_encoder: DualPromptEncoder, codec: nn.Module, schedule: ddpm.Schedule,
-                 image_size: int, force_zeros_for_empty_prompt: bool = True):
+                 image_size: int, force_zeros_for_empty_prompt: bool = True, sampler: str = "ddim"):
         cfg = unet.config
         if cfg.addition_embed_type != "text_time":
             raise ValueError("SDXL's U-Net has addition_embed_type='text_time' (pooled text + size/crop ids)")
@@ -169,7 +169,7 @@ class SDXLTextToImage(TextToImage):
         if cfg.projection_class_embeddings_input_dim != expected:  # a refiner's 5 ids (with aesthetic score) fail here
             raise ValueError(f"projection_class_embeddings_input_dim {cfg.projection_class_embeddings_input_dim} must "
                              f"be P + 6 * addition_time_embed_dim = {expected}")
-        super().__init__(unet, text_encoder, codec, schedule, image_size)
+        super().__init__(unet, text_encoder, codec, schedule, image_size, sampler)
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
 
     @torch.no_grad()
@@ -247,7 +247,8 @@ def load_diffusers_sdxl_folder(path: str | Path, image_size: int | None = None) 
     size = image_size or (unet.config.sample_size or 128) * codec.vae.config.downsample_factor
     force_zeros = bool(index.get("force_zeros_for_empty_prompt", True))
     text_encoder = DualPromptEncoder(first, second)
-    return SDXLTextToImage(unet, text_encoder, codec, schedule_from_folder(root / "scheduler"), size, force_zeros)
+    schedule, sampler = schedule_from_folder(root / "scheduler")  # SDXL ships Euler: sampled with course.euler
+    return SDXLTextToImage(unet, text_encoder, codec, schedule, size, force_zeros, sampler)
 
 
 # ----------------------------------------------------------------------------- parity with diffusers
@@ -281,7 +282,7 @@ SDXL_PARITY_CONFIG = dict(  # tiny SDXL parts: widths 32 + 48 = 80 concatenated,
               transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4), cross_attention_dim=32 + 48),
     vae=dict(SD1_PARITY_CONFIG["vae"], force_upcast=False, scaling_factor=0.13025),
     text_encoder=SD1_PARITY_CONFIG["text_encoder"], text_encoder_2=_TEXT_2,
-    scheduler=SD1_PARITY_CONFIG["scheduler"], steps=10, guidance=4.0,
+    scheduler_class="DDIMScheduler", scheduler=SD1_PARITY_CONFIG["scheduler"], steps=10, guidance=4.0,
     prompts=SD1_PARITY_CONFIG["prompts"], negative_prompts=SD1_PARITY_CONFIG["negative_prompts"],
     original_size=(24, 40), crop_top_left=(4, 12), target_size=(16, 24),
 )
@@ -295,7 +296,7 @@ def parity_sdxl_pipeline(config: dict | None = None, seed: int = 0, *, folder: s
 
     StableDiffusionXLPipeline from tiny random parts (weights perturbed so no zero or identity
     initialisation hides a wrong wiring; the second tokenizer pads with "!" as OpenCLIP's; a
-    DDIMScheduler, so both sides run DDIM) is saved, loaded with diffusers (local files only) and
+    DDIMScheduler by default, or cfg["scheduler_class"] = "EulerDiscreteScheduler", SDXL's own) is saved, loaded with diffusers (local files only) and
     with `load_diffusers_sdxl_folder`, and both run from the same latents with guidance > 1:
     with negative prompts and non-default sizes and crop, then with no negative prompts
     (force_zeros_for_empty_prompt: zeros as uncond) and default sizes.
@@ -311,7 +312,8 @@ def parity_sdxl_pipeline(config: dict | None = None, seed: int = 0, *, folder: s
     import copy
     import tempfile
 
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    import diffusers
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig as HFCLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from course.text import clip_tokenizer
@@ -329,7 +331,8 @@ def parity_sdxl_pipeline(config: dict | None = None, seed: int = 0, *, folder: s
     tokenizer.model_max_length = tokenizer_2.model_max_length = cfg["text_encoder"]["max_position_embeddings"]
     tokenizer_2.pad_token = "!"  # OpenCLIP's pad token, id 0
     ref = StableDiffusionXLPipeline(**parts, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
-                                    scheduler=DDIMScheduler(**cfg["scheduler"]), add_watermarker=False)
+                                    scheduler=getattr(diffusers, cfg["scheduler_class"])(**cfg["scheduler"]),
+                                    add_watermarker=False)
     prompts, negatives = list(cfg["prompts"]), list(cfg["negative_prompts"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(folder or tmp)

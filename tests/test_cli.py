@@ -86,3 +86,5 @@ def test_generate_writes_pngs_and_refuses_negative_prompts_for_unconditional_mod
     assert len(list(tmp_path.glob("*.png"))) == 2
     assert cli.main(["generate", "--model", "ddpm-fashion", "--steps", "3", "--negative-prompt", "x", "--out", str(tmp_path)]) == 2
     assert "does not take negative prompts" in capsys.readouterr().err
+    assert cli.main(["generate", "--model", "ddpm-fashion", "--steps", "3", "--sampler", "euler", "--out", str(tmp_path)]) == 2
+    assert "no --sampler choice" in capsys.readouterr().err

@@ -169,6 +169,24 @@ def test_sd2_style_v_prediction_folder_parity(tmp_path):
     (tmp_path / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(tok))
     assert sd1.load_diffusers_folder(tmp_path).text_encoder.pad_token_id == 0
 
+
+def test_euler_folder_pipeline_parity_and_sampler_choice(tmp_path):
+    """A folder with an EulerDiscreteScheduler is sampled with Euler, as diffusers does; DDIM stays available."""
+    euler = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading")
+    assert sd1.parity_sd1_pipeline(dict(scheduler_class="EulerDiscreteScheduler", scheduler=euler), folder=tmp_path) <= 1e-4
+    ours = sd1.load_diffusers_folder(tmp_path)
+    assert ours.sampler == "euler"
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    kw = dict(steps=4, guidance=3.0, latents=z)
+    assert (ours.sample_latents(["x", "y"], **kw) - ours.sample_latents(["x", "y"], sampler="ddim", **kw)).abs().max() > 1e-3
+    init = torch.zeros(2, 3, 16, 16)
+    edits = ours.generate(["x", "y"], steps=4, init_images=init, strength=0.5, seed=0)  # SDEdit with Euler
+    assert edits.shape == (2, 16, 16, 3)
+    with pytest.raises(ValueError, match="deterministic"):
+        ours.generate(["x", "y"], steps=4, eta=0.5)
+    with pytest.raises(ValueError, match="unknown sampler 'heun'"):
+        ours.generate(["x", "y"], steps=4, sampler="heun")
+
 def test_check_cross_attention_catches_typical_mistakes(capsys):
     import math
 

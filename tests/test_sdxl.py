@@ -171,9 +171,18 @@ def test_sdxl_euler_scheduler_config_is_sampled_with_ddim(tmp_path):
 
     EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
                            timestep_spacing="leading").save_config(tmp_path)
-    schedule = schedule_from_folder(tmp_path)
-    assert (schedule.beta_schedule, schedule.beta_end, schedule.steps_offset) == ("scaled_linear", 0.012, 1)
+    schedule, sampler = schedule_from_folder(tmp_path)
+    assert (schedule.beta_schedule, schedule.beta_end, schedule.steps_offset, sampler) == ("scaled_linear", 0.012, 1, "euler")
     assert not schedule.clip_sample and not schedule.set_alpha_to_one
+    EulerDiscreteScheduler(use_karras_sigmas=True).save_config(tmp_path)
+    with pytest.raises(NotImplementedError, match="use_karras_sigmas"):
+        schedule_from_folder(tmp_path)
+
+
+def test_sdxl_pipeline_parity_with_its_own_euler_scheduler(tmp_path):
+    euler = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading")
+    assert sdxl.parity_sdxl_pipeline(dict(scheduler_class="EulerDiscreteScheduler", scheduler=euler), folder=tmp_path) <= 1e-4
+    assert sdxl.load_diffusers_sdxl_folder(tmp_path).sampler == "euler"
 
 
 def test_pipeline_rejects_a_unet_without_text_time(hf_text):
