@@ -294,3 +294,55 @@ def shapes_fid_floor(n: int, *, seed: int = 20_000, classifier=None) -> float:
     a = data.render_batch(data.sample_scenes(n, seed))
     b = data.render_batch(data.sample_scenes(n, seed + 1))
     return fid(classifier, a, b)
+
+
+# ----------------------------------------------------------------------------- crops and blur (chapter 05)
+
+
+def is_cut_off(det: Detection, resolution: int) -> bool:
+    """Whether a detected object is cut by the image border, as a random crop cuts it.
+
+    Every whole Shapes object fills a square box of one of the two sizes (`data.SIZES`), even when
+    it touches the border; a cut one touches the border and its box is no longer such a square.
+    """
+    y0, x0, y1, x1 = det.box
+    if not (y0 == 0 or x0 == 0 or y1 == resolution or x1 == resolution):
+        return False
+    h, w = y1 - y0, x1 - x0
+    scale, tol = resolution / data.IMAGE_SIZE, 2 * resolution / data.IMAGE_SIZE
+    whole_size = any(abs(max(h, w) - side * scale) <= tol for side in data.SIZES.values())
+    return not (abs(h - w) <= tol and whole_size)
+
+
+def cut_off_share(images: np.ndarray) -> float:
+    """Share of the objects found in `images` (uint8 (B, H, W, 3)) that the image border cuts.
+
+    SDXL's crop conditioning exists to bring this down: a model trained on random crops draws cut
+    objects unless told crop (0, 0) (Podell et al. 2023, Sec. 2.2, Fig. 4).
+    """
+    _check_images(images, "cut_off_share")
+    labels = label_pixels(images)  # (B, H, W)
+    found = [is_cut_off(d, images.shape[1]) for image, label in zip(images, labels) for d in detect(image, label)]
+    return float(np.mean(found)) if found else 0.0
+
+
+def sharpness(images: np.ndarray) -> np.ndarray:
+    """Per-image focus score: the variance of the Laplacian of the grey image (higher = sharper).
+
+    Shapes images are flat colour regions with edges, so the score is all in the edges: an image
+    upsampled from a low resolution has soft edges and scores several times lower than a sharp
+    render of the same scene.
+
+    Args:
+        images: uint8 (B, H, W, 3).
+
+    Returns:
+        float (B,).
+
+    Ref: Pech-Pacheco et al. 2000, "Diatom autofocusing in brightfield microscopy" (variance of the Laplacian).
+    """
+    _check_images(images, "sharpness")
+    grey = images.astype(np.float32).mean(-1) / 255.0  # (B, H, W) in [0, 1]
+    lap = (grey[:, :-2, 1:-1] + grey[:, 2:, 1:-1] + grey[:, 1:-1, :-2] + grey[:, 1:-1, 2:]
+           - 4 * grey[:, 1:-1, 1:-1])  # (B, H-2, W-2): the 5-point Laplacian of the interior
+    return lap.reshape(len(images), -1).var(axis=1)

@@ -81,3 +81,23 @@ def test_fid_is_smaller_between_like_sets():
     assert metrics.fid(classifier, real_a, real_b) < metrics.fid(classifier, real_a, one_colour)
     with pytest.raises(ValueError, match="at least 32"):
         metrics.fid(classifier, real_a[:10], real_b)
+
+
+def test_cut_off_share_and_sharpness_separate_crops_and_blur_from_plain_renders():
+    variants = data.sample_variants(300, 3)
+    plain = np.stack([v.image for v in variants if v.original_size == (64, 64)])
+    cropped = np.stack([v.image for v in variants if v.original_size[0] > 64])
+    lowres = np.stack([v.image for v in variants if v.original_size[0] < 64])
+    assert metrics.cut_off_share(plain) == 0.0  # whole shapes, even those touching the border
+    assert metrics.cut_off_share(cropped) > 0.5
+    assert np.median(metrics.sharpness(lowres)) < 0.3 * np.median(metrics.sharpness(plain))
+    assert metrics.sharpness(plain).shape == (len(plain),)
+
+
+def test_is_cut_off_reads_the_box():
+    whole = metrics.Detection("red", "square", "top left", "large", 324, (0, 0, 18, 18))
+    cut = metrics.Detection("red", "square", "top left", "large", 180, (0, 0, 10, 18))
+    inner = metrics.Detection("red", "square", "center", "large", 180, (20, 20, 30, 38))
+    assert not metrics.is_cut_off(whole, 64) and metrics.is_cut_off(cut, 64) and not metrics.is_cut_off(inner, 64)
+    with pytest.raises(ValueError, match="square uint8 RGB"):
+        metrics.sharpness(np.zeros((2, 64, 64, 3), dtype=np.float32))
