@@ -104,7 +104,24 @@ def cmd_generate(args) -> int:
         if not text_to_image:
             raise ValueError(f"{args.model} has no --sampler choice (it is not a text-to-image model)")
         extra["sampler"] = args.sampler
-    images = pipe.generate(prompts, steps=args.steps, guidance=args.guidance, seed=args.seed, **extra)
+    sdxl = {"original_size": args.original_size, "crop_top_left": args.crop, "target_size": args.target_size}
+    sdxl = {k: tuple(v) for k, v in sdxl.items() if v is not None}
+    takes_sdxl = "original_size" in inspect.signature(getattr(pipe, "conditioning", lambda: None)).parameters
+    if (sdxl or args.refine) and not takes_sdxl:
+        raise ValueError(f"{args.model} has no size/crop conditioning or refiner: --original-size, --crop, "
+                         "--target-size and --refine are for SDXL models (e.g. --model sdxl-shapes)")
+    if args.size is not None:
+        if not text_to_image:
+            raise ValueError(f"{args.model} generates at one fixed size; --size is for text-to-image models")
+        extra["size"] = tuple(args.size)
+    if args.refine:
+        from course import sdxl_shapes
+
+        refiner = pipeline.load("sdxl-shapes-refiner")
+        _, images = sdxl_shapes.refine(pipe, refiner, prompts, steps=args.steps, guidance=args.guidance,
+                                       seed=args.seed, **extra, **sdxl)
+    else:
+        images = pipe.generate(prompts, steps=args.steps, guidance=args.guidance, seed=args.seed, **extra, **sdxl)
     for path in pipeline.save_images(images, args.out, prefix=args.model):
         print(path)
     return 0
@@ -175,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--negative-prompt", default=None, help="what to steer away from (text-to-image models, guidance > 1)")
     p.add_argument("--sampler", choices=("ddim", "euler"), default=None, help="text-to-image models: DDIM (default) or Euler")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="text-to-image models: image height and width, multiples of 8 (an aspect-ratio bucket)")
+    p.add_argument("--original-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="SDXL models: the original size to pretend (default: the image size)")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("TOP", "LEFT"), default=None,
+                   help="SDXL models: the crop corner to pretend (default 0 0: nothing cut off)")
+    p.add_argument("--target-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="SDXL models: the target size condition (default: the image size)")
+    p.add_argument("--refine", action="store_true", help="sdxl-shapes: pass the latents through sdxl-shapes-refiner")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="generated")
     p.add_argument("--checkpoint", default=None, help="a .safetensors file instead of the shipped one")

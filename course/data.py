@@ -186,80 +186,95 @@ def _stamp(shape: str, side: int) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}; choose one of: {', '.join(SHAPES)}")
 
 
-def _box(obj: SceneObject, resolution: int) -> tuple[int, int, int]:
-    """Top-left corner (y0, x0) and side of `obj`'s bounding box in a resolution×resolution image."""
-    scale = resolution / IMAGE_SIZE
+def _hw(resolution: int | tuple[int, int]) -> tuple[int, int]:
+    """A side, or an (height, width) pair -> (H, W), checked."""
+    hw = (resolution, resolution) if isinstance(resolution, (int, np.integer)) else tuple(resolution)
+    if len(hw) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 8 for v in hw):
+        raise ValueError(f"resolution must be a side or an (height, width) pair of ints >= 8, got {resolution!r}")
+    return int(hw[0]), int(hw[1])
+
+
+def _box(obj: SceneObject, height: int, width: int) -> tuple[int, int, int]:
+    """Top-left corner (y0, x0) and side of `obj`'s bounding box in a height×width image.
+
+    The 3×3 grid stretches with the image; shapes (and their jitter) scale with the shorter
+    side, as an image resized to an aspect-ratio bucket keeps its shapes' proportions.
+    """
+    scale = min(height, width) / IMAGE_SIZE
     side = max(2, int(round(SIZES[obj.size] * scale)))
     row, col = cell_of(obj.position)
-    cell = resolution / GRID
-    cy = (row + 0.5) * cell + obj.offset[0] * scale
-    cx = (col + 0.5) * cell + obj.offset[1] * scale
+    cy = (row + 0.5) * height / GRID + obj.offset[0] * scale
+    cx = (col + 0.5) * width / GRID + obj.offset[1] * scale
     return int(round(cy - side / 2)), int(round(cx - side / 2)), side
 
 
-def render(scene: Scene, resolution: int = IMAGE_SIZE, background=BACKGROUND) -> np.ndarray:
+def render(scene: Scene, resolution: int | tuple[int, int] = IMAGE_SIZE, background=BACKGROUND) -> np.ndarray:
     """Draw a scene.
 
     Args:
         scene: a complete Scene (every object with position and size).
-        resolution: side of the square image in pixels; shapes scale with it.
+        resolution: side of the square image in pixels, or (height, width) for an aspect-ratio
+            bucket (chapter 05); shapes scale with the shorter side, the grid with the image.
         background: RGB of the plain background.
 
     Returns:
-        uint8 array (resolution, resolution, 3).
+        uint8 array (H, W, 3).
     """
-    image = np.empty((resolution, resolution, 3), dtype=np.uint8)
+    H, W = _hw(resolution)
+    image = np.empty((H, W, 3), dtype=np.uint8)
     image[:] = background
-    _draw(image, scene, resolution)
+    _draw(image, scene)
     return image
 
 
-def _draw(image: np.ndarray, scene: Scene, resolution: int) -> None:
+def _draw(image: np.ndarray, scene: Scene) -> None:
     if not scene.is_complete:
         raise ValueError(
             f"cannot render {scene}: every object needs a position and a size "
             "(a parsed caption may leave them out; use complete_scene(scene, seed) to fill them)"
         )
+    H, W = image.shape[:2]
     for obj in scene.objects:
-        y0, x0, side = _box(obj, resolution)
+        y0, x0, side = _box(obj, H, W)
         mask = _stamp(obj.shape, side)
         # clip the box to the image (only crops of a larger canvas can reach outside)
         ys, xs = max(y0, 0), max(x0, 0)
-        ye, xe = min(y0 + side, resolution), min(x0 + side, resolution)
+        ye, xe = min(y0 + side, H), min(x0 + side, W)
         if ys >= ye or xs >= xe:
             continue
         image[ys:ye, xs:xe][mask[ys - y0 : ye - y0, xs - x0 : xe - x0]] = PALETTE[obj.color]
 
 
-def _blank(resolution: int, background) -> np.ndarray:
-    image = np.empty((resolution, resolution, 3), dtype=np.uint8)
+def _blank(height: int, width: int, background) -> np.ndarray:
+    image = np.empty((height, width, 3), dtype=np.uint8)
     image[:] = background
     return image
 
 
-def render_batch(scenes: list[Scene], resolution: int = IMAGE_SIZE, background=BACKGROUND) -> np.ndarray:
-    """Draw many scenes at once: uint8 array (B, resolution, resolution, 3).
+def render_batch(scenes: list[Scene], resolution: int | tuple[int, int] = IMAGE_SIZE, background=BACKGROUND) -> np.ndarray:
+    """Draw many scenes at once: uint8 array (B, H, W, 3) (`resolution` as in `render`).
 
     The same pictures as `render`, drawn in bulk: objects are grouped by stamp (shape and
     pixel size), and each group is written with one fancy-indexing assignment.
     """
-    images = np.empty((len(scenes), resolution, resolution, 3), dtype=np.uint8)
-    images[:] = _blank(resolution, background)  # copying whole images is ~10× faster than broadcasting an RGB triple
+    H, W = _hw(resolution)
+    images = np.empty((len(scenes), H, W, 3), dtype=np.uint8)
+    images[:] = _blank(H, W, background)  # copying whole images is ~10× faster than broadcasting an RGB triple
     groups: dict[tuple[str, int], list[tuple[int, int, int, tuple]]] = {}
     for b, scene in enumerate(scenes):
         if not scene.is_complete:
-            _draw(images[b], scene, resolution)  # raises the explanatory error
+            _draw(images[b], scene)  # raises the explanatory error
         for obj in scene.objects:
-            y0, x0, side = _box(obj, resolution)
+            y0, x0, side = _box(obj, H, W)
             groups.setdefault((obj.shape, side), []).append((b, y0, x0, PALETTE[obj.color]))
     flat = images.reshape(-1, 3)  # (B·H·W, 3) view
     for (shape, side), members in groups.items():
         dy, dx = np.nonzero(_stamp(shape, side))  # (P,) pixel offsets inside the stamp
         b, y0, x0, rgb = (np.array(v) for v in zip(*members))  # (N,), (N,), (N,), (N, 3)
         y, x = y0[:, None] + dy, x0[:, None] + dx  # (N, P)
-        pixel = (b[:, None] * resolution + y) * resolution + x  # (N, P) index into the flattened batch
+        pixel = (b[:, None] * H + y) * W + x  # (N, P) index into the flattened batch
         colour = np.broadcast_to(rgb[:, None, :].astype(np.uint8), (*pixel.shape, 3))  # (N, P, 3)
-        inside = (y >= 0) & (y < resolution) & (x >= 0) & (x < resolution)
+        inside = (y >= 0) & (y < H) & (x >= 0) & (x < W)
         if inside.all():
             flat[pixel.ravel()] = colour.reshape(-1, 3)
         else:  # only shapes on a larger canvas than the image reach outside it
@@ -438,38 +453,50 @@ class Variant:
     """A training image with the conditioning SDXL records for it (Podell et al. 2023, Sec. 2.2)."""
 
     scene: Scene
-    image: np.ndarray = field(repr=False)  # uint8 (64, 64, 3), what the model sees
+    image: np.ndarray = field(repr=False)  # uint8 (H, W, 3), what the model sees (64×64, or a bucket's size)
     original_size: tuple[int, int]  # (height, width) of the image before resizing / cropping
     crop_top_left: tuple[int, int]  # (top, left) of the crop in the original
 
 
-def sample_variants(n: int, seed: int = 0, *, p_crop: float = 0.4, p_lowres: float = 0.3) -> list[Variant]:
+def sample_variants(n: int, seed: int = 0, *, p_crop: float = 0.4, p_lowres: float = 0.3,
+                    size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> list[Variant]:
     """Shapes images as a web-scraped data set would give them: some cropped, some upsampled.
 
-    A cropped variant renders the scene on a larger canvas (80 to 128 px) and cuts a random
-    64×64 window out of it, which can cut shapes at the border; a low-resolution variant renders
-    it at 16 to 40 px and upsamples it (bilinear) to 64, which blurs it. The rest are plain.
+    A cropped variant renders the scene on a larger canvas (1.25 to 2 times the image: 80 to
+    128 px for 64) and cuts a random window of the image's size out of it, which can cut shapes
+    at the border; a low-resolution variant renders it at 1/4 to 5/8 of the size (16 to 40 px)
+    and upsamples it (bilinear), which blurs it. The rest are plain.
+
+    Args:
+        n, seed: how many, and the seed of their scenes and of the choices.
+        p_crop, p_lowres: shares of cropped and of upsampled images.
+        size: (height, width) of the images: 64×64, or an aspect-ratio bucket.
 
     Returns:
         `n` Variants with their original size and crop top-left, as SDXL conditions on them.
     """
+    if not (0 <= p_crop and 0 <= p_lowres and p_crop + p_lowres <= 1):
+        raise ValueError(f"p_crop and p_lowres must be shares that sum to at most 1, got {p_crop}, {p_lowres}")
+    H, W = _hw(size)
     rng = np.random.default_rng(seed)
     variants = []
     for scene in sample_scenes(n, seed):
         u = rng.random()
         if u < p_crop:
-            size = int(rng.integers(80, 129))
-            big = render(scene, size)
-            top, left = (int(v) for v in rng.integers(0, size - IMAGE_SIZE + 1, 2))
-            image = big[top : top + IMAGE_SIZE, left : left + IMAGE_SIZE].copy()
-            variants.append(Variant(scene, image, (size, size), (top, left)))
+            h = int(rng.integers(round(1.25 * H), 2 * H + 1))
+            w = round(h * W / H)
+            big = render(scene, (h, w))
+            top, left = (int(v) for v in rng.integers(0, [h - H + 1, w - W + 1]))
+            image = big[top : top + H, left : left + W].copy()
+            variants.append(Variant(scene, image, (h, w), (top, left)))
         elif u < p_crop + p_lowres:
-            size = int(rng.integers(16, 41))
-            small = to_tensor(render(scene, size)[None])
-            image = to_images(F.interpolate(small, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear"))[0]
-            variants.append(Variant(scene, image, (size, size), (0, 0)))
+            h = int(rng.integers(H // 4, round(0.625 * H) + 1))
+            w = round(h * W / H)
+            small = to_tensor(render(scene, (h, w))[None])
+            image = to_images(F.interpolate(small, size=(H, W), mode="bilinear"))[0]
+            variants.append(Variant(scene, image, (h, w), (0, 0)))
         else:
-            variants.append(Variant(scene, render(scene), (IMAGE_SIZE, IMAGE_SIZE), (0, 0)))
+            variants.append(Variant(scene, render(scene, (H, W)), (H, W), (0, 0)))
     return variants
 
 

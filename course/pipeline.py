@@ -223,6 +223,14 @@ class TextToImage:
         self.image_size, self.sampler = image_size, sampler
         self.latent_shape = (codec.vae.config.latent_channels, image_size // f, image_size // f)  # (C, h, w)
 
+    def _size(self, size: tuple[int, int] | None) -> tuple[int, int]:
+        """(H, W) of the images: `size`, or (image_size, image_size); each a multiple of the VAE factor."""
+        f = self.codec.vae.config.downsample_factor
+        H, W = (self.image_size, self.image_size) if size is None else tuple(size)
+        if not all(isinstance(v, int) and v > 0 and v % f == 0 for v in (H, W)):
+            raise ValueError(f"size must be (H, W), positive multiples of the VAE's downsample factor {f}, got {size!r}")
+        return H, W
+
     def _device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
@@ -239,12 +247,14 @@ class TextToImage:
         return cond, uncond
 
     @torch.no_grad()
-    def conditioning(self, prompts: list[str], negative_prompts: list[str] | None, guidance: float):
+    def conditioning(self, prompts: list[str], negative_prompts: list[str] | None, guidance: float, *,
+                     size: tuple[int, int]):
         """(cond, uncond, added, added_uncond): everything the U-Net is conditioned on, for both branches.
 
-        SD 1.x reads only the text states (added = added_uncond = None). A subclass whose U-Net
-        takes more (`course.sdxl.SDXLTextToImage`: pooled text and size/crop ids) overrides this;
-        the extra keywords of its `sample_latents` / `generate` arrive here.
+        SD 1.x reads only the text states (added = added_uncond = None) and ignores the image
+        `size` (H, W). A subclass whose U-Net takes more (`course.sdxl.SDXLTextToImage`: pooled
+        text and size/crop ids) overrides this; the extra keywords of its `sample_latents` /
+        `generate` arrive here.
         """
         cond, uncond = self.encode_prompts(prompts, negative_prompts, guidance)
         return cond, uncond, None, None
@@ -277,25 +287,33 @@ class TextToImage:
     def sample_latents(self, prompts: list[str], *, steps: int = 50, guidance: float = 1.0, seed: int = 0,
                        negative_prompts: list[str] | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
                        init_images: torch.Tensor | None = None, strength: float = 1.0, sampler: str | None = None,
+                       size: tuple[int, int] | None = None, init_latents: torch.Tensor | None = None,
                        **conditioning) -> torch.Tensor:
         """The clean latents z0 (B, C, h, w) before the VAE decoder; the arguments are `generate`'s."""
         sampler = sampler or self.sampler
         self._check(prompts, negative_prompts, steps, guidance, sampler, eta)
+        H, W = self._size(size)
         device, B = self._device(), len(prompts)
         generator = torch.Generator().manual_seed(seed)  # one per call: the same seed, the same images
-        cond, uncond, added, added_uncond = (_to(v, device) for v in
-                                             self.conditioning(prompts, negative_prompts, guidance, **conditioning))
-        shape = (B, *self.latent_shape)  # (B, C, h, w)
+        cond, uncond, added, added_uncond = (_to(v, device) for v in self.conditioning(
+            prompts, negative_prompts, guidance, size=(H, W), **conditioning))
+        f = self.codec.vae.config.downsample_factor
+        shape = (B, self.latent_shape[0], H // f, W // f)  # (B, C, h, w)
         if latents is not None and tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape} (B, C, h, w) for {B} prompts at {self.image_size}px, "
+            raise ValueError(f"latents must have shape {shape} (B, C, h, w) for {B} prompts at {H}x{W}px, "
                              f"got {tuple(latents.shape)}")
         noise = ddpm._randn(shape, generator, device) if latents is None else latents.to(device)  # (B, C, h, w)
+        if init_images is not None and init_latents is not None:
+            raise ValueError("give init_images (pixels) or init_latents (z0), not both")
         z0 = None
         if init_images is not None:
-            if init_images.shape != (B, 3, self.image_size, self.image_size):
-                raise ValueError(f"init_images must be (B={B}, 3, {self.image_size}, {self.image_size}) in [-1, 1], "
-                                 f"got {tuple(init_images.shape)}")
+            if init_images.shape != (B, 3, H, W):
+                raise ValueError(f"init_images must be (B={B}, 3, {H}, {W}) in [-1, 1], got {tuple(init_images.shape)}")
             z0 = self.codec.encode(init_images.to(self._codec_device())).to(device)  # (B, C, h, w), the posterior mean
+        elif init_latents is not None:  # SDEdit on latents, e.g. SDXL's refiner on the base model's output
+            if tuple(init_latents.shape) != shape:
+                raise ValueError(f"init_latents must be z0 of shape {shape} (B, C, h, w), got {tuple(init_latents.shape)}")
+            z0 = init_latents.to(device)
         model_fn = lambda x, t: guided_eps(self.unet, x, t, cond, uncond, guidance, added, added_uncond)  # noqa: E731
         if sampler == "euler":
             timesteps, sigmas = euler.euler_timesteps(self.schedule, steps)  # (N,), (N + 1,)
@@ -316,6 +334,7 @@ class TextToImage:
     def generate(self, prompts: list[str], *, steps: int = 50, guidance: float = 1.0, seed: int = 0,
                  negative_prompts: list[str] | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
                  init_images: np.ndarray | torch.Tensor | None = None, strength: float = 1.0, sampler: str | None = None,
+                 size: tuple[int, int] | None = None, init_latents: torch.Tensor | None = None,
                  **conditioning) -> np.ndarray:
         """Images for prompts: text-to-image, or image-to-image (SDEdit) when `init_images` is given.
 
@@ -330,6 +349,10 @@ class TextToImage:
             init_images: img2img: uint8 (B, H, W, 3) or float (B, 3, H, W) in [-1, 1].
             strength: img2img: how far to noise the init images, in (0, 1].
             sampler: "ddim" or "euler" (`course.euler`); default the pipeline's own.
+            size: (H, W) of the images, multiples of the VAE's factor (an aspect-ratio bucket);
+                default (image_size, image_size). The U-Net is convolutional: any size runs, and
+                how well it works depends on the sizes it was trained at.
+            init_latents: img2img from latents z0 (B, C, h, w) instead of images (a refiner's input).
             **conditioning: extra keywords of a subclass's `conditioning` (SDXL's sizes and crop).
 
         Returns:
@@ -344,5 +367,5 @@ class TextToImage:
             init_images = data.to_tensor(init_images)  # (B, 3, H, W) in [-1, 1]
         x0 = self.sample(prompts, steps=steps, guidance=guidance, seed=seed, negative_prompts=negative_prompts,
                          eta=eta, latents=latents, init_images=init_images, strength=strength, sampler=sampler,
-                         **conditioning)
+                         size=size, init_latents=init_latents, **conditioning)
         return data.to_images(x0)  # (B, H, W, 3) uint8

@@ -233,6 +233,14 @@ def _unet_config(d: dict) -> UNetConfig:
     return UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+def check_parts(model: str, trained_on: dict[str, str], shipped: dict[str, str]) -> None:
+    """Refuse frozen parts (by checkpoint name -> sha256) that changed since `model` was trained on them."""
+    for name, sha in trained_on.items():
+        if shipped.get(name) != sha:
+            raise ValueError(f"{model} was trained on {name} with sha256 {sha[:12]}..., but the shipped {name} is "
+                             f"{str(shipped.get(name))[:12]}...: retrain with `python -m course train {model} --ship`")
+
+
 def load_sd1_shapes_from(tensors: dict[str, torch.Tensor], config: dict) -> SD1Shapes:
     """Rebuild sd1-shapes from its U-Net tensors and config, with the shipped frozen parts (zoo load contract).
 
@@ -244,10 +252,7 @@ def load_sd1_shapes_from(tensors: dict[str, torch.Tensor], config: dict) -> SD1S
     unet = UNet(_unet_config(config["unet"]))
     checkpoints.load_into(unet, tensors, source="sd1-shapes")
     text_encoder, codec, parts = _frozen_parts()
-    for name, sha in config.get("parts", {}).items():
-        if parts.get(name) != sha:
-            raise ValueError(f"sd1-shapes was trained on {name} with sha256 {sha[:12]}..., but the shipped {name} is "
-                             f"{str(parts.get(name))[:12]}...: retrain with `python -m course train sd1-shapes --ship`")
+    check_parts("sd1-shapes", config.get("parts", {}), parts)
     schedule = ddpm.Schedule(**config["schedule"]) if "schedule" in config else SCHEDULE
     return SD1Shapes(unet.eval(), text_encoder, codec, schedule)
 

@@ -185,11 +185,12 @@ class SDXLTextToImage(TextToImage):
 
     @torch.no_grad()
     def conditioning(self, prompts: list[str], negative_prompts: list[str] | None, guidance: float, *,
-                     original_size=None, crop_top_left=(0, 0), target_size=None):
+                     size: tuple[int, int], original_size=None, crop_top_left=(0, 0), target_size=None):
         """(cond, uncond, added, added_uncond) for `TextToImage.sample_latents`.
 
         Args:
             prompts, negative_prompts, guidance: as in `TextToImage.generate`.
+            size: (H, W) of the images being generated (`generate(size=...)`).
             original_size: (h, w) the image should look as if it had had before resizing, or a (B, 2)
                 batch; default (H, W). Large asks for a sharp image.
             crop_top_left: (top, left) of the pretended crop, or (B, 2); (0, 0) asks for an uncut object.
@@ -197,7 +198,6 @@ class SDXLTextToImage(TextToImage):
 
         Ref: Podell et al. 2023, Sec. 2.2.
         """
-        size = (self.image_size, self.image_size)
         ids = time_ids(size if original_size is None else original_size, crop_top_left,
                        size if target_size is None else target_size)  # (1 or B, 6)
         if ids.shape[0] not in (1, len(prompts)):

@@ -296,6 +296,30 @@ class UNetConfig:
         return CROSS_DOWN in self.down_block_types or CROSS_UP in self.up_block_types or self.mid_block_type == CROSS_MID
 
 
+def text_time_vector(text_embeds: torch.Tensor, time_ids: torch.Tensor, dim: int, flip_sin_to_cos: bool = True,
+                     freq_shift: float = 0.0) -> torch.Tensor:
+    """SDXL's added conditioning before its MLP: [pooled text, Fourier features of each size/crop id].
+
+    Each of the N ids (a number of pixels) gets the timestep's sinusoidal embedding of width
+    `dim`, as if it were a timestep; the N embeddings are flattened per image and appended to
+    the pooled text vector.
+
+    Args:
+        text_embeds: (B, P) pooled text.
+        time_ids: (B, N) ids (SDXL: orig h, orig w, crop top, crop left, target h, target w).
+        dim: sinusoid width per id (SDXL: 256).
+
+    Returns:
+        (B, P + N * dim).
+
+    Ref: Podell et al. 2023, Sec. 2.2; diffusers UNet2DConditionModel (addition_embed_type="text_time").
+    """
+    B = text_embeds.shape[0]
+    ids_emb = timestep_embedding(time_ids.flatten(), dim, flip_sin_to_cos, freq_shift)  # (B * N, dim)
+    ids_emb = ids_emb.reshape(B, -1)  # (B, N * dim)
+    return torch.cat([text_embeds, ids_emb.to(text_embeds.dtype)], dim=-1)  # (B, P + N * dim)
+
+
 # --------------------------------------------------------------------------- the model
 class UNet(nn.Module):
     """The conditional U-Net: predicts eps (or v) from xt, t and optional text tokens `cond`.
@@ -359,10 +383,8 @@ class UNet(nn.Module):
         if not added_cond or "text_embeds" not in added_cond or "time_ids" not in added_cond:
             raise ValueError("this model uses addition_embed_type='text_time': pass added_cond="
                              "{'text_embeds': (B, P) pooled text, 'time_ids': (B, N) size/crop ids}")
-        text, ids = added_cond["text_embeds"], added_cond["time_ids"]
-        ids_emb = timestep_embedding(ids.flatten(), cfg.addition_time_embed_dim, cfg.flip_sin_to_cos, cfg.freq_shift)
-        ids_emb = ids_emb.reshape(batch, -1)  # (B, N * addition_time_embed_dim)
-        vec = torch.cat([text, ids_emb.to(text.dtype)], dim=-1)  # (B, P + N * addition_time_embed_dim)
+        vec = text_time_vector(added_cond["text_embeds"], added_cond["time_ids"], cfg.addition_time_embed_dim,
+                               cfg.flip_sin_to_cos, cfg.freq_shift)  # (B, P + N * addition_time_embed_dim)
         if vec.shape[-1] != cfg.projection_class_embeddings_input_dim:
             raise ValueError(f"text_embeds + time_ids give width {vec.shape[-1]}, the model expects "
                              f"projection_class_embeddings_input_dim={cfg.projection_class_embeddings_input_dim}")

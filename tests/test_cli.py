@@ -88,3 +88,27 @@ def test_generate_writes_pngs_and_refuses_negative_prompts_for_unconditional_mod
     assert "does not take negative prompts" in capsys.readouterr().err
     assert cli.main(["generate", "--model", "ddpm-fashion", "--steps", "3", "--sampler", "euler", "--out", str(tmp_path)]) == 2
     assert "no --sampler choice" in capsys.readouterr().err
+
+
+def test_generate_sdxl_flags(tmp_path, capsys):
+    from PIL import Image
+
+    assert cli.main(["generate", "--model", "sd1-shapes", "--prompt", "a red circle", "--steps", "2",
+                     "--crop", "8", "8", "--out", str(tmp_path)]) == 2
+    assert "for SDXL models" in capsys.readouterr().err
+    assert cli.main(["generate", "--model", "ddpm-fashion", "--steps", "2", "--size", "32", "64", "--out", str(tmp_path)]) == 2
+    assert "--size is for text-to-image models" in capsys.readouterr().err
+    from course import checkpoints
+
+    manifest = checkpoints.read_manifest()
+    if not {"sdxl-shapes", "sdxl-shapes-refiner"} <= set(manifest):
+        pytest.skip("sdxl-shapes and its refiner are not shipped yet")
+    out = tmp_path / "sdxl"
+    assert cli.main(["generate", "--model", "sdxl-shapes", "--prompt", "a red circle", "--steps", "3", "--guidance", "3",
+                     "--size", "48", "80", "--original-size", "128", "128", "--crop", "16", "16", "--refine",
+                     "--out", str(out)]) == 0
+    (png,) = out.glob("*.png")
+    assert Image.open(png).size == (80, 48)
+    assert cli.main(["generate", "--model", "sdxl-shapes-no-micro", "--prompt", "a red circle", "--steps", "2",
+                     "--crop", "8", "8", "--out", str(out)]) == 2
+    assert "without micro-conditioning" in capsys.readouterr().err

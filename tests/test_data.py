@@ -159,9 +159,35 @@ def test_unknown_toy():
         data.toy_2d("spirals", 10)
 
 
-@pytest.mark.parametrize("resolution", [32, 64, 96])
+@pytest.mark.parametrize("resolution", [32, 64, 96, (48, 80), (128, 32)])
 def test_render_batch_draws_what_render_draws(resolution):
     scenes = data.sample_scenes(100, seed=9)
     scenes.append(data.Scene((data.SceneObject("red", "triangle", "top left", "large", (-12.0, -12.0)),)))  # partly outside
     expected = np.stack([data.render(s, resolution) for s in scenes])
     assert np.array_equal(data.render_batch(scenes, resolution), expected)
+
+
+@pytest.mark.parametrize("size", [(48, 80), (80, 48), (32, 128)])
+def test_buckets_stretch_the_grid_and_scale_shapes_by_the_shorter_side(size):
+    H, W = size
+    for position in data.POSITIONS:
+        image = data.render(data.Scene((data.SceneObject("green", "square", position, "large"),)), size)
+        assert image.shape == (H, W, 3)
+        ys, xs = np.nonzero((image == data.PALETTE["green"]).all(-1))
+        cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+        assert data.POSITIONS[int(cy // (H / 3)) * 3 + int(cx // (W / 3))] == position
+        assert ys.max() - ys.min() + 1 == round(data.SIZES["large"] * min(H, W) / 64)  # side scales with the short side
+    with pytest.raises(ValueError, match="height, width"):
+        data.render(data.sample_scenes(1)[0], (48, 80, 3))
+
+
+def test_variants_at_a_bucket():
+    variants = data.sample_variants(120, seed=1, size=(48, 80))
+    assert all(v.image.shape == (48, 80, 3) for v in variants)
+    for v in variants:
+        h, w = v.original_size
+        assert abs(w / h - 80 / 48) < 0.05  # the original keeps the bucket's aspect ratio
+        assert 0 <= v.crop_top_left[0] <= max(h - 48, 0) and 0 <= v.crop_top_left[1] <= max(w - 80, 0)
+    assert {v.original_size[0] > 48 for v in variants} == {True, False}
+    with pytest.raises(ValueError, match="shares"):
+        data.sample_variants(4, p_crop=0.8, p_lowres=0.5)

@@ -1,0 +1,135 @@
+"""sdxl-shapes: offset noise, buckets, the micro-conditioning ablation's inputs, the refiner and the shipped models."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from course import checkpoints, data, sdxl_shapes as S
+from course.unet import UNet
+
+TINY = dataclasses.replace(S.SDXL_SHAPES_UNET, block_out_channels=(32, 32), num_heads=(1, 2), norm_num_groups=8,
+                           transformer_layers_per_block=(1, 1))
+
+
+def _shipped(name):
+    try:
+        checkpoints.manifest_entry(name)
+    except KeyError:
+        pytest.skip(f"{name} is not shipped yet")
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return S._frozen_parts()
+
+
+@pytest.fixture(scope="module")
+def banks(parts):
+    return S.latent_banks(parts[1], n=256)
+
+
+def test_banks_follow_the_buckets_and_record_the_conditioning(banks):
+    assert [b.size for b in banks] == list(S.BUCKETS)
+    for bank in banks:
+        H, W = bank.size
+        assert bank.z0.shape[1:] == (4, H // 8, W // 8)
+        assert bank.time_ids.shape == (len(bank.scenes), 6)
+        assert (bank.time_ids[:, 4:] == torch.tensor([H, W], dtype=torch.float32)).all()  # target = the bucket
+    ids = banks[0].time_ids
+    cropped = ids[:, 2:4].sum(1) > 0
+    assert 0.25 < float(cropped.float().mean()) < 0.55  # P_CROP = 0.4 of the square bucket (some crops at (0, 0))
+    lowres = ids[:, 0] < 64
+    assert 0.2 < float(lowres.float().mean()) < 0.4
+    counts = np.array([len(b.scenes) for b in banks]) / sum(len(b.scenes) for b in banks)
+    np.testing.assert_allclose(counts, S.BUCKET_SHARES, atol=0.01)
+
+
+def test_batches_zero_the_time_ids_without_micro_conditioning_and_drop_captions(banks, parts):
+    text_encoder = parts[0]
+    g = torch.Generator().manual_seed(1)
+    z0, cond, pooled, ids = S.make_batch_fn(banks, text_encoder, True, caption_dropout=0.5)(0, 32, g)
+    assert cond.shape == (32, 32, S.D1 + S.D2) and pooled.shape == (32, S.P) and ids.shape == (32, 6)
+    dropped = cond.abs().sum((1, 2)) == 0
+    assert 4 < int(dropped.sum()) < 28 and (pooled[dropped] == 0).all() and (pooled[~dropped] != 0).any()
+    assert (ids[:, 4:] > 0).all()
+    _, _, _, ids = S.make_batch_fn(banks, text_encoder, False)(0, 8, torch.Generator().manual_seed(1))
+    assert (ids == 0).all()
+    sizes = {S.make_batch_fn(banks, text_encoder)(0, 2, torch.Generator().manual_seed(s))[0].shape[2:] for s in range(40)}
+    assert len(sizes) >= 3  # batches come from several buckets
+
+
+def test_loss_trains_a_tiny_model_and_the_refiner_loss_sees_low_t_only(banks, parts):
+    torch.manual_seed(0)
+    unet = UNet(TINY)
+    batch_fn = S.make_batch_fn(banks, parts[0])
+    opt = torch.optim.AdamW(unet.parameters(), 2e-3)
+    g = torch.Generator().manual_seed(0)
+    batch = batch_fn(0, 16, g)
+    with torch.no_grad():
+        first = float(S.sdxl_loss(unet, batch, torch.Generator().manual_seed(0)))
+    for _ in range(15):
+        loss = S.sdxl_loss(unet, batch, g)
+        opt.zero_grad(), loss.backward(), opt.step()
+    with torch.no_grad():
+        assert float(S.sdxl_loss(unet, batch, torch.Generator().manual_seed(0))) < first
+    seen = []
+    unet.register_forward_pre_hook(lambda m, args: seen.append(args[1].clone()))
+    S.sdxl_loss(unet, batch, g, t_max=S.REFINER_T_MAX)
+    assert int(seen[0].max()) < S.REFINER_T_MAX
+
+
+def test_pipeline_sizes_refusals_and_refine(parts):
+    text_encoder, codec, _ = parts
+    torch.manual_seed(0)
+    pipe = S.SDXLShapes(UNet(TINY), text_encoder, codec).pipeline()
+    assert pipe.generate(["a red circle"], steps=2, size=(48, 80)).shape == (1, 48, 80, 3)
+    with pytest.raises(ValueError, match="multiples"):
+        pipe.generate(["a red circle"], steps=2, size=(50, 80))
+    ablation = S.SDXLShapes(UNet(TINY), text_encoder, codec, micro_conditioning=False).pipeline()
+    with pytest.raises(ValueError, match="without micro-conditioning"):
+        ablation.generate(["a red circle"], steps=2, crop_top_left=(8, 8))
+    base, refined = S.refine(pipe, pipe, ["a red circle", "a blue square"], steps=5, guidance=2.0)
+    assert base.shape == refined.shape == (2, 64, 64, 3) and (base != refined).any()
+    with pytest.raises(ValueError, match="t < 200"):
+        S.refine(pipe, pipe, ["a red circle"], steps=5, strength=0.5)
+    z0 = torch.zeros(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="init_latents"):
+        pipe.sample_latents(["a red circle"], steps=2, init_latents=torch.zeros(1, 4, 6, 6), strength=0.2)
+    assert pipe.sample_latents(["a red circle"], steps=4, init_latents=z0, strength=0.25).shape == (1, 4, 8, 8)
+
+
+def test_micro_conditioning_changes_the_shipped_models_output():
+    _shipped("sdxl-shapes")
+    pipe = S.load("sdxl-shapes").pipeline()
+    plain = pipe.generate(["a red circle"], steps=8, guidance=3.0, seed=0)
+    cropped = pipe.generate(["a red circle"], steps=8, guidance=3.0, seed=0, crop_top_left=(48, 48),
+                            original_size=(128, 128))
+    assert np.abs(plain.astype(int) - cropped).max() > 50
+
+
+def test_shipped_ablation_measures():
+    """The manifest's crop ablation: micro-conditioning at crop (0, 0) cuts fewer objects at the border."""
+    _shipped("sdxl-shapes")
+    _shipped("sdxl-shapes-no-micro")
+    micro = checkpoints.manifest_entry("sdxl-shapes")["metrics"]
+    ablation = checkpoints.manifest_entry("sdxl-shapes-no-micro")["metrics"]
+    assert micro["cut_off_share"] <= 0.5 * ablation["cut_off_share"]
+    assert checkpoints.manifest_entry("sdxl-shapes-no-micro")["config"]["micro_conditioning"] is False
+
+
+def test_check_text_time_passes_the_solution_and_names_the_mistakes():
+    from course.attention import timestep_embedding
+    from course.exercises import ExerciseFailed, check_text_time
+
+    def solution(pooled, ids, dim):
+        return torch.cat([pooled, timestep_embedding(ids.flatten(), dim, True, 0.0).reshape(len(pooled), -1)], -1)
+
+    assert check_text_time(solution)
+    with pytest.raises(ExerciseFailed, match="pooled text FIRST"):
+        check_text_time(lambda p, i, d: torch.cat([solution(p, i, d)[:, p.shape[1]:], p], -1))
+    with pytest.raises(ExerciseFailed, match="cos first"):
+        check_text_time(lambda p, i, d: torch.cat([p, timestep_embedding(i.flatten(), d, False, 0.0).reshape(len(p), -1)], -1))
+    with pytest.raises(ExerciseFailed, match=r"\(B, P \+ 6 \* dim\)"):
+        check_text_time(lambda p, i, d: torch.cat([p, timestep_embedding(i[:, 0], d, True, 0.0)], -1))
