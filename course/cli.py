@@ -63,10 +63,18 @@ def cmd_train(args) -> int:
         print(f"interrupted at step {trained.steps}; state saved in {run_dir}. Run the same command again to resume.")
         return 130
     command = " ".join(["python -m course train", args.name] + (["--steps", str(args.steps)] if args.steps else []))
+    dtype = getattr(torch, card.storage_dtype)
+    with torch.no_grad():  # round to the storage dtype first, so that the metrics describe what is shipped
+        for v in trained.model.state_dict().values():
+            if v.is_floating_point():
+                v.copy_(v.to(dtype))
     metrics = {} if args.no_eval else zoo.resolve(card.evaluate)(trained.model, False)
     print(f"trained {args.name}: {trained.steps} steps in {trained.wall_time_s:.0f} s; metrics {metrics}")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items()}
-    common = dict(config=trained.config, wall_time_s=round(trained.wall_time_s, 1), metrics=metrics, notes=trained.notes)
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+               for k, v in trained.model.state_dict().items()}
+    notes = trained.notes + (f" Weights stored as {card.storage_dtype} (the metrics are measured on them)."
+                             if card.storage_dtype != "float32" else "")
+    common = dict(config=trained.config, wall_time_s=round(trained.wall_time_s, 1), metrics=metrics, notes=notes.strip())
     if args.ship:
         entry = checkpoints.ship(args.name, tensors, command=command + " --ship", **common)
         print(f"shipped data/checkpoints/{entry['file']} (sha256 {entry['sha256'][:12]}...) and updated MANIFEST.json")

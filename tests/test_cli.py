@@ -104,7 +104,7 @@ def test_generate_sdxl_flags(tmp_path, capsys):
     if not {"sdxl-shapes", "sdxl-shapes-refiner"} <= set(manifest):
         pytest.skip("sdxl-shapes and its refiner are not shipped yet")
     out = tmp_path / "sdxl"
-    assert cli.main(["generate", "--model", "sdxl-shapes", "--prompt", "a red circle", "--steps", "3", "--guidance", "3",
+    assert cli.main(["generate", "--model", "sdxl-shapes", "--prompt", "a red circle", "--steps", "5", "--guidance", "3",
                      "--size", "48", "80", "--original-size", "128", "128", "--crop", "16", "16", "--refine",
                      "--out", str(out)]) == 0
     (png,) = out.glob("*.png")

@@ -133,8 +133,9 @@ def test_encode_images_accepts_uint8_and_tensors_and_decodes_to_uint8():
     codec = _tiny_codec(n=16)
     images = data.render_batch(data.sample_scenes(3, 1))
     z = L.encode_images(codec, images, batch_size=2)
-    assert torch.equal(z, L.encode_images(codec, data.to_tensor(images)))
-    assert torch.equal(z, L.encode_scenes(codec, data.sample_scenes(3, 1)))
+    # batches of 2 and of 3 may round differently in the convolutions (oneDNN picks kernels by shape)
+    torch.testing.assert_close(z, L.encode_images(codec, data.to_tensor(images)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(z, L.encode_scenes(codec, data.sample_scenes(3, 1)), atol=1e-5, rtol=1e-5)
     out = L.decode_latents(codec, z)
     assert out.dtype == np.uint8 and out.shape == (3, 64, 64, 3)
 

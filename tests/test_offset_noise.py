@@ -120,18 +120,19 @@ def test_figure():
     assert len(fig.axes) == 1 + 2 * 4
 
 
-def test_shipped_pair_differs_only_in_the_offset_and_reads_brightness_off_x_T():
+def test_shipped_pair_differs_only_in_the_offset_and_the_offset_model_chooses_the_brightness():
     (plain, plain_entry), (offset, offset_entry) = _shipped(NAMES[0]), _shipped(NAMES[1])
     a, b = plain_entry["config"], offset_entry["config"]
     assert (a["offset_noise"], b["offset_noise"]) == (0.0, O.SDXL_OFFSET)
     assert {k: v for k, v in a.items() if k != "offset_noise"} == {k: v for k, v in b.items() if k != "offset_noise"}
     assert a["unet"]["norm_num_groups"] == O.UNET_CONFIG.norm_num_groups
     assert plain_entry["size_bytes"] < 3e6 and offset_entry["size_bytes"] < 3e6
-    for model in (plain, offset):
-        # What was measured (n = 512: 96% of either model's samples in between, data 0%): plain x_T
-        # gives grey images, and shifting x_T's mean by +-0.06 gives dark / light ones, so both
-        # models read the brightness off x_T's mean; offset 0.05 did not teach this one otherwise.
-        grey = O.brightness_stats(O.brightness(O.generate(model, 32)))
-        assert grey["share_between"] > 0.8, grey
-        assert O.brightness(O.generate(model, 16, mean_shift=-0.06)).mean() < O.DARK
-        assert O.brightness(O.generate(model, 16, mean_shift=0.06)).mean() > O.LIGHT
+    # What was measured (n = 512, DDIM-50 from the same x_T): without offset 95% of the samples are
+    # in between dark and light (brightness std 0.14), with offset 0.05 5% (std 0.34; data: 0%, 0.39).
+    grey = O.brightness_stats(O.brightness(O.generate(plain, 32)))
+    assert grey["share_between"] > 0.7 and grey["std"] < 0.2, grey
+    chosen = O.brightness_stats(O.brightness(O.generate(offset, 32)))
+    assert chosen["share_between"] < 0.25 and chosen["std"] > 0.28, chosen
+    # the plain model reads the brightness off x_T's mean: shifting it by +-0.06 gives dark / light images
+    assert O.brightness(O.generate(plain, 16, mean_shift=-0.06)).mean() < O.DARK
+    assert O.brightness(O.generate(plain, 16, mean_shift=0.06)).mean() > O.LIGHT

@@ -133,3 +133,30 @@ def test_check_text_time_passes_the_solution_and_names_the_mistakes():
         check_text_time(lambda p, i, d: torch.cat([p, timestep_embedding(i.flatten(), d, False, 0.0).reshape(len(p), -1)], -1))
     with pytest.raises(ExerciseFailed, match=r"\(B, P \+ 6 \* dim\)"):
         check_text_time(lambda p, i, d: torch.cat([p, timestep_embedding(i[:, 0], d, True, 0.0)], -1))
+
+
+def test_sweep_and_explorers_draw_static_figures(parts, monkeypatch):
+    from matplotlib.figure import Figure
+
+    monkeypatch.setenv("COURSE_STATIC_WIDGETS", "1")
+    text_encoder, codec, _ = parts
+    torch.manual_seed(0)
+    pipe = S.SDXLShapes(UNet(TINY), text_encoder, codec).pipeline()
+    grid = S.conditioning_sweep(pipe, "a red circle", originals=(32, 64, 128), crops=((0, 0), (16, 16)), steps=2)
+    assert grid.shape == (2 * 64 + 2, 3 * 64 + 2 * 2, 3) and grid.dtype == np.uint8
+    assert not np.array_equal(grid[:64, :64], grid[:64, 132:])  # the original size changes the image
+    assert isinstance(S.conditioning_explorer(pipe), Figure)
+    assert isinstance(S.refiner_explorer(pipe, pipe), Figure)
+
+
+def test_large_unets_ship_as_float16_and_load_as_float32():
+    from course import zoo
+
+    _shipped("sdxl-shapes")
+    assert zoo.card("sdxl-shapes").storage_dtype == "float16"
+    tensors, entry = checkpoints.load_checkpoint("sdxl-shapes")
+    assert {v.dtype for v in tensors.values() if v.is_floating_point()} == {torch.float16}
+    model = S.load_sdxl_shapes_from(tensors, entry["config"])
+    assert {p.dtype for p in model.unet.parameters()} == {torch.float32}
+    total = sum(e["size_bytes"] for e in checkpoints.read_manifest().values())
+    assert total <= 60e6, f"the shipped checkpoints take {total / 1e6:.1f} MB; the course's budget is 60 MB"
