@@ -50,6 +50,7 @@ class UnknownCheckpointError(CheckpointError, KeyError):
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_FILE_BYTES = 9_500_000  # a shipped checkpoint larger than this is split into shards (git files stay < 10 MB)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -310,10 +311,35 @@ def _header(config: dict, command: str) -> dict[str, str]:
     return {"config": json.dumps(config, sort_keys=True), "command": command}
 
 
+def _shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Split name -> tensor into consecutive groups of at most `max_bytes` (one tensor may exceed it alone)."""
+    groups, size = [{}], 0
+    for key, value in tensors.items():
+        nbytes = value.numel() * value.element_size()
+        if groups[-1] and size + nbytes > max_bytes:
+            groups.append({})
+            size = 0
+        groups[-1][key] = value
+        size += nbytes
+    return groups
+
+
+def _entry_files(entry: dict, root: Path, name: str) -> list[tuple[Path, str | None, int | None]]:
+    """(path, sha256, size_bytes) of every file of a manifest entry: its shards, or its one file."""
+    if "shards" in entry:
+        return [(root / s["file"], s.get("sha256"), s.get("size_bytes")) for s in entry["shards"]]
+    return [(root / entry.get("file", f"{name}.safetensors"), entry.get("sha256"), entry.get("size_bytes"))]
+
+
 def ship(name: str, tensors: dict[str, torch.Tensor], *, config: dict, command: str,
          wall_time_s: float, metrics: dict, notes: str = "",
-         directory: str | Path = CHECKPOINT_DIR, manifest: str | Path = MANIFEST_PATH) -> dict:
+         directory: str | Path = CHECKPOINT_DIR, manifest: str | Path = MANIFEST_PATH,
+         max_file_bytes: int = MAX_FILE_BYTES) -> dict:
     """Write `<directory>/<name>.safetensors` and record it in the manifest (other entries kept).
+
+    A checkpoint larger than `max_file_bytes` is written as shards `<name>-00001-of-0000N.safetensors`
+    (each with the config in its header); its entry lists them under "shards" (file, sha256,
+    size_bytes each), "size_bytes" is their total and "sha256" the digest of their digests.
 
     Returns:
         the new manifest entry.
@@ -321,13 +347,33 @@ def ship(name: str, tensors: dict[str, torch.Tensor], *, config: dict, command: 
     if not _NAME_RE.match(name):
         raise CheckpointError(f"invalid checkpoint name {name!r}: use letters, digits, '.', '_', '-'")
     directory, manifest = Path(directory), Path(manifest)
-    path = directory / f"{name}.safetensors"
-    save_tensors(path, tensors, metadata=_header(config, command))
-    entry = _make_entry(path, manifest.parent, config=config, command=command,
-                        wall_time_s=wall_time_s, metrics=metrics, notes=notes)
+    groups = _shards(tensors, max_file_bytes)
+    if len(groups) == 1:
+        path = directory / f"{name}.safetensors"
+        save_tensors(path, tensors, metadata=_header(config, command))
+        entry = _make_entry(path, manifest.parent, config=config, command=command,
+                            wall_time_s=wall_time_s, metrics=metrics, notes=notes)
+        stale = sorted(directory.glob(f"{name}-*-of-*.safetensors"))
+    else:
+        paths = [directory / f"{name}-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+        shards = []
+        for path, group in zip(paths, groups):
+            save_tensors(path, group, metadata=_header(config, command))
+            shard = _make_entry(path, manifest.parent, config={}, command="", wall_time_s=0, metrics={}, notes="")
+            shards.append({k: shard[k] for k in ("file", "sha256", "size_bytes")})
+        entry = {"shards": shards,
+                 "sha256": hashlib.sha256("\n".join(s["sha256"] for s in shards).encode()).hexdigest(),
+                 **{k: v for k, v in _make_entry(paths[0], manifest.parent, config=config, command=command,
+                                                 wall_time_s=wall_time_s, metrics=metrics, notes=notes).items()
+                    if k not in ("file", "sha256")}}
+        entry["size_bytes"] = sum(s["size_bytes"] for s in shards)
+        stale = [directory / f"{name}.safetensors",
+                 *(p for p in directory.glob(f"{name}-*-of-*.safetensors") if p not in paths)]
     entries = read_manifest(manifest)
     entries[name] = entry
     _atomic_write_text(manifest, _dump_json(entries))
+    for path in stale:  # an earlier version's files, no longer listed
+        path.unlink(missing_ok=True)
     return entry
 
 
@@ -363,9 +409,11 @@ def load_checkpoint(name: str | None = None, path: str | Path | None = None, *,
         raise CheckpointError("pass exactly one of name= (a shipped checkpoint) or path= (a file)")
     if name is not None:
         entry = manifest_entry(name, manifest)
-        file = Path(manifest).parent / entry["file"]
-        _check_file(file, entry.get("sha256"), entry.get("size_bytes"), entry.get("command"))
-        return load_tensors(file), entry
+        tensors = {}
+        for file, sha, size in _entry_files(entry, Path(manifest).parent, name):
+            _check_file(file, sha, size, entry.get("command"))
+            tensors.update(load_tensors(file))
+        return tensors, entry
     path = Path(path)
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
@@ -393,10 +441,10 @@ def verify_all(manifest: str | Path = MANIFEST_PATH) -> list[tuple[str, bool, st
     """
     results = []
     for name, entry in sorted(read_manifest(manifest).items()):
-        file = Path(manifest).parent / entry.get("file", f"{name}.safetensors")
         try:
-            _check_file(file, entry.get("sha256"), entry.get("size_bytes"), entry.get("command"))
-            read_header(file)
+            for file, sha, size in _entry_files(entry, Path(manifest).parent, name):
+                _check_file(file, sha, size, entry.get("command"))
+                read_header(file)
         except CheckpointError as e:
             results.append((name, False, str(e)))
         else:

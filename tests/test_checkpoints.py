@@ -186,3 +186,28 @@ def test_verify_all_reports_each_entry(tmp_path):
     results = {name: (ok, msg) for name, ok, msg in ck.verify_all(tmp_path / "MANIFEST.json")}
     assert results["good"][0] and results["good"][1].startswith("ok")
     assert not results["bad"][0] and "truncated" in results["bad"][1]
+
+
+def test_large_checkpoints_ship_as_verified_shards(tmp_path):
+    manifest = tmp_path / "MANIFEST.json"
+    entry = _ship(tmp_path, "big", max_file_bytes=40)  # weight: 48 bytes, bias: 12 bytes -> two shards
+    names = ["big-00001-of-00002.safetensors", "big-00002-of-00002.safetensors"]
+    assert [s["file"] for s in entry["shards"]] == names and "file" not in entry
+    assert entry["size_bytes"] == sum((tmp_path / n).stat().st_size for n in names)
+    assert all(s["sha256"] == ck.sha256_file(tmp_path / s["file"]) for s in entry["shards"])
+    tensors, loaded = ck.load_checkpoint("big", manifest=manifest)
+    assert loaded == entry and set(tensors) == {"weight", "bias"}
+    assert all(torch.equal(tensors[k], v) for k, v in _tensors().items())
+    assert [name for name, ok, _ in ck.verify_all(manifest) if ok] == ["big"]
+    # a tampered shard is refused, by load and by doctor
+    raw = bytearray((tmp_path / names[1]).read_bytes())
+    raw[-1] ^= 1
+    (tmp_path / names[1]).write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        ck.load_checkpoint("big", manifest=manifest)
+    assert not ck.verify_all(manifest)[0][1]
+    # shipping it again as one file removes the shards
+    _ship(tmp_path, "big")
+    assert (tmp_path / "big.safetensors").is_file() and not list(tmp_path.glob("big-*"))
+    _ship(tmp_path, "big", max_file_bytes=40)
+    assert not (tmp_path / "big.safetensors").exists() and len(list(tmp_path.glob("big-*"))) == 2
