@@ -387,10 +387,9 @@ def evaluate_sdxl_shapes_refiner(model: nn.Module, quick: bool = False) -> dict[
 
 def _grid(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
     """Rows of uint8 images (n, H, W, 3) -> one uint8 image with white gaps."""
-    def strip(images):
-        pad = np.full((images.shape[1], gap, 3), 255, np.uint8)
-        return np.concatenate([x for im in images for x in (im, pad)][:-1], axis=1)
-    strips = [strip(r) for r in rows]
+    from course.latent import _strip
+
+    strips = [_strip(list(r), gap) for r in rows]
     pad = np.full((gap, strips[0].shape[1], 3), 255, np.uint8)
     return np.concatenate([x for s in strips for x in (s, pad)][:-1], axis=0)
 
