@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from course.unet import PRESETS, UNet, diffusers_config, get_preset
+from course.nn.unet import PRESETS, UNet, diffusers_config, get_preset
 
 
 def _inputs(model: UNet, batch: int, seed: int = 0):
@@ -38,7 +38,7 @@ def bench_unet(preset: str, batch: int = 64, repeats: int = 5, threads: int = 2)
     """Time the course U-Net and diffusers' on the preset's config with identical weights.
 
     Args:
-        preset: a name in `course.unet.PRESETS`.
+        preset: a name in `course.nn.unet.PRESETS`.
         batch: batch size.
         repeats: timed repeats per model (after one warm-up each); the minimum is reported.
         threads: torch CPU threads.

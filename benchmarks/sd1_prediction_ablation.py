@@ -28,29 +28,30 @@ from pathlib import Path
 
 import torch
 
-from course import data, metrics, sd1
+from course.nn.unet import UNet
+from course.recipes import sd1_shapes
 from course.train import TrainConfig, fit
-from course.unet import UNet
+from course.world import metrics, shapes
 
 
 def run(prediction: str, steps: int, run_dir: Path, n_prompts: int = 128) -> dict:
     torch.set_num_threads(1)
-    schedule = dataclasses.replace(sd1.SCHEDULE, prediction_type=prediction)
-    text_encoder, codec, _ = sd1._frozen_parts()
-    scenes, z0 = sd1.latent_bank(codec, cache=run_dir / "latent_bank.safetensors")
+    schedule = dataclasses.replace(sd1_shapes.SCHEDULE, prediction_type=prediction)
+    text_encoder, codec, _ = sd1_shapes._frozen_parts()
+    scenes, z0 = sd1_shapes.latent_bank(codec, cache=run_dir / "latent_bank.safetensors")
     torch.manual_seed(0)
-    unet = UNet(sd1.SD1_SHAPES_UNET)
-    config = TrainConfig(steps=steps, batch_size=sd1.BATCH_SIZE, lr=5e-4, warmup_steps=min(200, steps // 10),
+    unet = UNet(sd1_shapes.SD1_SHAPES_UNET)
+    config = TrainConfig(steps=steps, batch_size=sd1_shapes.BATCH_SIZE, lr=5e-4, warmup_steps=min(200, steps // 10),
                          schedule="cosine", ema_decay=0.999, checkpoint_every=500, log_every=100)
     start = time.perf_counter()
-    result = fit(unet, lambda m, b, g: sd1.sd1_loss(m, b, g, schedule), sd1.make_batch_fn(scenes, z0, text_encoder),
+    result = fit(unet, lambda m, b, g: sd1_shapes.sd1_loss(m, b, g, schedule), sd1_shapes.make_batch_fn(scenes, z0, text_encoder),
                  config, run_dir, resume=True, progress=False)
     model = (result.ema if result.ema is not None else result.model).eval()
-    pipe = sd1.SD1Shapes(model, text_encoder, codec, schedule).pipeline()
-    prompts = [data.caption(s) for s in data.sample_scenes(n_prompts, sd1.HELD_OUT_SEED)]
+    pipe = sd1_shapes.SD1Shapes(model, text_encoder, codec, schedule).pipeline()
+    prompts = [shapes.caption(s) for s in shapes.sample_scenes(n_prompts, sd1_shapes.HELD_OUT_SEED)]
     out = {"prediction": prediction, "steps": steps, "train_s": round(time.perf_counter() - start, 1)}
     for w in (3.0, 5.0):
-        report = metrics.shapes_eval(pipe.generate(prompts, steps=sd1.EVAL_STEPS, guidance=w, seed=0), prompts)
+        report = metrics.shapes_eval(pipe.generate(prompts, steps=sd1_shapes.EVAL_STEPS, guidance=w, seed=0), prompts)
         by = report.by_objects()
         out[f"w{w:g}"] = {"one_object": round(by[1].full_match, 3), "two_objects": round(by[2].full_match, 3),
                           **{k: v for k, v in report.as_dict().items() if k != "n"}}

@@ -1,8 +1,20 @@
 """Diffusion from Scratch: the helper package that every chapter imports.
 
 Every model, schedule, sampler, dataset, metric and widget of the course lives here, one concept
-per module, in course order: `data` (the Shapes world), `metrics`, `checkpoints`, `train`,
-`ddpm`, `unet`, `vae`, `text`, `pipeline`, `sdxl`, `dit`, `flow`, `mmdit`, ... .
+per module, in rooms by role; a room imports only the rooms above it in this list:
+
+    course.diffusion   the math as pure functions: ddpm, euler, scheduler_parity (later flow, timesteps)
+    course.nn          the networks with their diffusers/transformers bridges: attention, unet_blocks,
+                       unet, vae, codec, clip_text, mini_clip (later dit, mmdit)
+    course.world       what the course makes and how it scores it: shapes, toys, fashion_mnist,
+                       metrics, classifiers
+    course.pipelines   text -> denoiser -> sampler -> decoder, and real-folder loaders: base, sd1, sdxl
+    course.recipes     one module per shipped model family: its data, loss, training, evaluation and
+                       its chapter's figures: classifiers, toy_2d, ddpm_fashion, vae_shapes,
+                       clip_shapes, sd1_shapes, offset_noise, sdxl_shapes, shapes_tour
+
+and the course's own tools at the top: checkpoints, zoo, train, parity, runtime, paths, cli,
+doctor, bench, student, exercises (runner and one checker module per chapter), widgets.
 
 Glossary (one set of names for the whole package, as the papers write them):
 

@@ -12,32 +12,23 @@ import time
 import numpy as np
 import torch
 
-from course import data, metrics
-
-
-def best_time(fn, repeat: int = 3) -> float:
-    """Best wall time of `repeat` calls, in seconds."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from course.runtime import best_time
+from course.world import metrics, shapes
 
 
 def bench_shapes_generator(quick: bool) -> dict[str, float]:
     """Images per second of the Shapes world: scenes + rendering + captions, and rendering alone."""
     n = 2_000 if quick else 10_000
-    full = best_time(lambda: data.sample_batch(n, seed=1))
-    scenes = data.sample_scenes(n, seed=2)
-    render = best_time(lambda: data.render_batch(scenes))
+    full = best_time(lambda: shapes.sample_batch(n, seed=1))
+    scenes = shapes.sample_scenes(n, seed=2)
+    render = best_time(lambda: shapes.render_batch(scenes))
     return {"images": n, "sample_batch_img_per_s": round(n / full), "render_img_per_s": round(n / render)}
 
 
 def shapes_eval_acceptance(n: int = 1000, seed: int = 123) -> dict[str, float]:
     """ShapesEval on real images: their own captions (must be >= 0.99) vs shuffled (<= 0.25)."""
-    images, paraphrases, scenes = data.sample_batch(n, seed)
-    canonical = [data.caption(s) for s in scenes]
+    images, paraphrases, scenes = shapes.sample_batch(n, seed)
+    canonical = [shapes.caption(s) for s in scenes]
     shuffled = [canonical[i] for i in np.random.default_rng(seed).permutation(n)]
     start = time.perf_counter()
     own = metrics.shapes_eval(images, canonical)
@@ -54,7 +45,7 @@ def shapes_eval_acceptance(n: int = 1000, seed: int = 123) -> dict[str, float]:
 def bench_shapes_fid_floor(quick: bool) -> dict[str, float]:
     """Shapes-FID between two independent sets of real images (the floor), by set size."""
     from course import checkpoints
-    from course.classifiers import load_shapes_classifier
+    from course.world.classifiers import load_shapes_classifier
 
     if "shapes-classifier" not in checkpoints.read_manifest():
         return {"skipped": "shapes-classifier is not shipped yet (python -m course train shapes-classifier --ship)"}
@@ -65,14 +56,14 @@ def bench_shapes_fid_floor(quick: bool) -> dict[str, float]:
 
 def bench_pixel_vs_latent(quick: bool) -> dict[str, float]:
     """ms per image of a diffusion training step and of 50-step sampling, pixels vs latents, and the ratios."""
-    from course.latent import pixel_vs_latent_cost
+    from course.recipes.vae_shapes import pixel_vs_latent_cost
 
     return pixel_vs_latent_cost(batch_size=4 if quick else 8, repeat=1 if quick else 3)
 
 
 def bench_ddpm_fashion(quick: bool) -> dict[str, float]:
     """Chapter 01: one training step and one sampling step of the ddpm-fashion U-Net."""
-    from course.ddpm_fashion import bench_sampler
+    from course.recipes.ddpm_fashion import bench_sampler
 
     return bench_sampler(quick)
 

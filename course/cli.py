@@ -98,9 +98,9 @@ def cmd_eval(args) -> int:
 def cmd_generate(args) -> int:
     import inspect
 
-    from course import pipeline
+    from course.pipelines import base
 
-    pipe = pipeline.load(args.model, checkpoint=args.checkpoint)
+    pipe = base.load(args.model, checkpoint=args.checkpoint)
     prompts = [p for p in args.prompt for _ in range(args.num)]
     extra = {}
     text_to_image = "negative_prompts" in inspect.signature(pipe.generate).parameters
@@ -123,14 +123,14 @@ def cmd_generate(args) -> int:
             raise ValueError(f"{args.model} generates at one fixed size; --size is for text-to-image models")
         extra["size"] = tuple(args.size)
     if args.refine:
-        from course import sdxl_shapes
+        from course.recipes import sdxl_shapes
 
-        refiner = pipeline.load("sdxl-shapes-refiner")
+        refiner = base.load("sdxl-shapes-refiner")
         _, images = sdxl_shapes.refine(pipe, refiner, prompts, steps=args.steps, guidance=args.guidance,
                                        seed=args.seed, **extra, **sdxl)
     else:
         images = pipe.generate(prompts, steps=args.steps, guidance=args.guidance, seed=args.seed, **extra, **sdxl)
-    for path in pipeline.save_images(images, args.out, prefix=args.model):
+    for path in base.save_images(images, args.out, prefix=args.model):
         print(path)
     return 0
 

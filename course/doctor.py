@@ -87,7 +87,7 @@ def check_device() -> list[Finding]:
 
 
 def check_fashion_mnist() -> list[Finding]:
-    from course import fashion_mnist
+    from course.world import fashion_mnist
 
     try:
         images, labels = fashion_mnist.load_fashion_mnist("test")

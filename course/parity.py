@@ -6,8 +6,8 @@ weights into the course's module, feeds both the same random inputs in float32 a
 largest absolute difference over everything the component outputs.
 
 Each chapter registers its component here by name; the function lives beside the component
-(`course.ddpm`, `course.vae`, ...) and is imported only when asked for, so that
-`import course` stays light.
+(`course.nn.vae`, `course.pipelines.sd1`, ...; the schedulers' in `course.diffusion.scheduler_parity`)
+and is imported only when asked for, so that `import course` stays light.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from typing import Any
 
 # name -> "module:function"; the function has the signature fn(config: dict | None, seed: int) -> float
 COMPONENTS: dict[str, str] = {
-    "ddpm_scheduler": "course.ddpm:parity_ddpm_scheduler",  # diffusers.DDPMScheduler
-    "ddim_scheduler": "course.ddpm:parity_ddim_scheduler",  # diffusers.DDIMScheduler
-    "euler_scheduler": "course.euler:parity_euler_scheduler",  # diffusers.EulerDiscreteScheduler
-    "vae": "course.vae:parity_vae",  # diffusers.AutoencoderKL
-    "unet": "course.unet:parity_unet",  # diffusers.UNet2DConditionModel
-    "clip_text": "course.text:parity_clip_text",  # transformers.CLIPTextModel / CLIPTextModelWithProjection
-    "sd1_pipeline": "course.sd1:parity_sd1_pipeline",  # diffusers.StableDiffusionPipeline, via a saved folder
-    "sdxl_unet": "course.sdxl:parity_sdxl_unet",  # diffusers.UNet2DConditionModel with SDXL's text_time embedding
-    "sdxl_pipeline": "course.sdxl:parity_sdxl_pipeline",  # diffusers.StableDiffusionXLPipeline, via a saved folder
+    "ddpm_scheduler": "course.diffusion.scheduler_parity:parity_ddpm_scheduler",  # diffusers.DDPMScheduler
+    "ddim_scheduler": "course.diffusion.scheduler_parity:parity_ddim_scheduler",  # diffusers.DDIMScheduler
+    "euler_scheduler": "course.diffusion.scheduler_parity:parity_euler_scheduler",  # diffusers.EulerDiscreteScheduler
+    "vae": "course.nn.vae:parity_vae",  # diffusers.AutoencoderKL
+    "unet": "course.nn.unet:parity_unet",  # diffusers.UNet2DConditionModel
+    "clip_text": "course.nn.clip_text:parity_clip_text",  # transformers.CLIPTextModel / CLIPTextModelWithProjection
+    "sd1_pipeline": "course.pipelines.sd1:parity_sd1_pipeline",  # diffusers.StableDiffusionPipeline, via a saved folder
+    "sdxl_unet": "course.pipelines.sdxl:parity_sdxl_unet",  # diffusers.UNet2DConditionModel with SDXL's text_time embedding
+    "sdxl_pipeline": "course.pipelines.sdxl:parity_sdxl_pipeline",  # diffusers.StableDiffusionXLPipeline, via a saved folder
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 
 import numpy as np
 import torch
@@ -40,3 +41,13 @@ def setup(seed: int = 0, quiet: bool = False) -> torch.device:
         threads = f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""
         print(f"torch {torch.__version__.split('+')[0]} on {device.type}{threads}; seed {seed}")
     return device
+
+
+def best_time(fn, repeat: int = 3) -> float:
+    """Best wall time of `repeat` calls, in seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from course.exercises import STUB_MESSAGE
+from course.exercises.runner import STUB_MESSAGE
 from course.paths import NOTEBOOK_DIR
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"

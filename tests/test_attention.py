@@ -1,4 +1,4 @@
-"""course.attention against diffusers' building blocks, plus the identities attention must satisfy."""
+"""course.nn.attention against diffusers' building blocks, plus the identities attention must satisfy."""
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ from diffusers.models.embeddings import TimestepEmbedding as RefTimestepEmbeddin
 from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
-from course.attention import (
+from course.nn.attention import (
     Attention,
     BasicTransformerBlock,
     FeedForward,

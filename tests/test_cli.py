@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from course import cli, doctor, parity, pipeline, zoo
+from course import cli, doctor, parity, zoo
+from course.pipelines import base
 
 
 def test_every_zoo_function_resolves():
@@ -32,7 +33,7 @@ def test_unknown_model_for_train_and_generate(capsys):
 
 def test_a_classifier_is_not_a_generator():
     with pytest.raises(KeyError, match="does not generate images"):
-        pipeline.load("shapes-classifier")
+        base.load("shapes-classifier")
 
 
 def test_unknown_parity_component():

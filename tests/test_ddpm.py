@@ -1,4 +1,4 @@
-"""Tests for course.ddpm: schedules, the forward process, conversions, samplers, diffusers parity."""
+"""Tests for course.diffusion.ddpm: schedules, the forward process, conversions, samplers, diffusers parity."""
 
 import itertools
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from course import ddpm, parity
+from course import parity
+from course.diffusion import ddpm, scheduler_parity
 
 TOL = 1e-5
 SMALL = dict(num_train_timesteps=100)
@@ -177,25 +178,25 @@ def test_ddpm_scheduler_parity(beta_schedule, prediction_type):
     for clip in (True, False):
         config = dict(SMALL, beta_schedule=beta_schedule, prediction_type=prediction_type, clip_sample=clip,
                       **BETAS[beta_schedule])
-        assert ddpm.parity_ddpm_scheduler(config, seed=0) <= TOL
+        assert scheduler_parity.parity_ddpm_scheduler(config, seed=0) <= TOL
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 @pytest.mark.parametrize("beta_schedule, prediction_type", list(itertools.product(BETAS, ddpm.PREDICTION_TYPES)))
 def test_ddim_scheduler_parity(beta_schedule, prediction_type, eta):
     config = dict(SMALL, beta_schedule=beta_schedule, prediction_type=prediction_type, **BETAS[beta_schedule])
-    assert ddpm.parity_ddim_scheduler(config, seed=0, eta=eta) <= TOL
+    assert scheduler_parity.parity_ddim_scheduler(config, seed=0, eta=eta) <= TOL
 
 
 @pytest.mark.parametrize("extra", [dict(timestep_spacing="trailing"), dict(timestep_spacing="linspace"),
                                    dict(variance_type="fixed_large"), dict(set_alpha_to_one=False, steps_offset=1)])
 def test_parity_other_settings(extra):
     if "variance_type" in extra:
-        assert ddpm.parity_ddpm_scheduler(dict(SMALL, **extra), seed=1) <= TOL
+        assert scheduler_parity.parity_ddpm_scheduler(dict(SMALL, **extra), seed=1) <= TOL
     else:
-        assert ddpm.parity_ddim_scheduler(dict(SMALL, **extra), seed=1) <= TOL
+        assert scheduler_parity.parity_ddim_scheduler(dict(SMALL, **extra), seed=1) <= TOL
         ddpm_extra = {k: v for k, v in extra.items() if k != "set_alpha_to_one"}  # a DDIM-only setting
-        assert ddpm.parity_ddpm_scheduler(dict(SMALL, **ddpm_extra), seed=1) <= TOL
+        assert scheduler_parity.parity_ddpm_scheduler(dict(SMALL, **ddpm_extra), seed=1) <= TOL
 
 
 def test_parity_registry_and_stable_diffusion_config():
@@ -210,5 +211,5 @@ def test_parity_registry_and_stable_diffusion_config():
 def test_parity_detects_a_wrong_step(monkeypatch):
     """The parity check can fail: steps that forget to clip x0 are caught."""
     monkeypatch.setattr(ddpm, "_clip", lambda x0, schedule: x0)
-    assert ddpm.parity_ddpm_scheduler(dict(SMALL, clip_sample=True), seed=0) > 0.1
-    assert ddpm.parity_ddim_scheduler(dict(SMALL, clip_sample=True), seed=0) > 0.1
+    assert scheduler_parity.parity_ddpm_scheduler(dict(SMALL, clip_sample=True), seed=0) > 0.1
+    assert scheduler_parity.parity_ddim_scheduler(dict(SMALL, clip_sample=True), seed=0) > 0.1

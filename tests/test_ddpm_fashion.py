@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from course import cli, checkpoints, classifiers, ddpm, exercises, pipeline, zoo
-from course import ddpm_fashion as F
-from course.unet import UNet
+from course import checkpoints, cli, zoo
+from course.diffusion import ddpm
+from course.exercises import ch01, runner
+from course.nn.unet import UNet
+from course.pipelines import base
+from course.recipes import classifiers, toy_2d
+from course.recipes import ddpm_fashion as F
+from course.world.classifiers import FASHION_CLASSIFIER, FeatureClassifier
 
 TINY = dataclasses.replace(F.UNET_CONFIG, block_out_channels=(8, 8), down_block_types=F.UNET_CONFIG.down_block_types[:2],
                            up_block_types=F.UNET_CONFIG.up_block_types[:2])
@@ -65,7 +70,7 @@ def test_checkpoint_round_trip_through_zoo_pipeline_and_cli(tiny, tmp_path):
     config = F.model_config(TINY, SMALL_T)
     checkpoints.export(path, {k: v.contiguous() for k, v in tiny.state_dict().items()}, config=config,
                        command="test", wall_time_s=0.0, metrics={})
-    pipe = pipeline.load("ddpm-fashion", checkpoint=path)
+    pipe = base.load("ddpm-fashion", checkpoint=path)
     expected = F.DDPMFashionPipeline(tiny, SMALL_T).generate([""] * 2, steps=3, seed=0)
     assert np.array_equal(pipe.generate([""] * 2, steps=3, seed=0), expected)
     out = tmp_path / "out"
@@ -79,11 +84,11 @@ def test_checkpoint_round_trip_through_zoo_pipeline_and_cli(tiny, tmp_path):
 def test_zoo_cards():
     assert zoo.card("ddpm-fashion").chapter == "01" and zoo.card("ddpm-fashion").pipeline
     assert zoo.card("fashion-classifier").pipeline is None
-    assert "ddpm-fashion" in pipeline.generators()
+    assert "ddpm-fashion" in base.generators()
 
 
 def test_fid_table_keys_and_floor(tiny):
-    classifier = classifiers.FeatureClassifier(classifiers.FASHION_CLASSIFIER).eval()
+    classifier = FeatureClassifier(FASHION_CLASSIFIER).eval()
     table = F.fid_table(tiny, 128, (("ddim", 2),), schedule=SMALL_T, classifier=classifier)
     assert set(table) == {"fid_floor", "fid_ddim_2", "fid_n"} and table["fid_n"] == 128
     assert 0 <= table["fid_floor"] < table["fid_ddim_2"]  # noise from an untrained net is far from real images
@@ -94,7 +99,7 @@ def test_fid_table_keys_and_floor(tiny):
 def test_trajectories_end_where_sample_ends():
     model_fn = lambda x, t: 0.3 * x  # noqa: E731 - any deterministic eps_theta will do
     x_T = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
-    traj = F.trajectories(model_fn, x_T, SMALL_T, 7, "ddim")
+    traj = toy_2d.trajectories(model_fn, x_T, SMALL_T, 7, "ddim")
     assert traj.shape == (8, 5, 2) and torch.equal(traj[0], x_T)
     torch.testing.assert_close(traj[-1], ddpm.sample(model_fn, None, SMALL_T, 7, "ddim", x_T=x_T))
 
@@ -104,14 +109,14 @@ def test_score_field_of_a_gaussian_is_minus_x():
     schedule = ddpm.SCHEDULES["cosine"]
     t = 400
     model_fn = lambda x, tt: (1 - schedule.alpha_bar[tt[0]]) ** 0.5 * x  # noqa: E731
-    grid, score = F.score_field(model_fn, t, schedule, n=5)
+    grid, score = toy_2d.score_field(model_fn, t, schedule, n=5)
     assert grid.shape == (25, 2)
     torch.testing.assert_close(score, -grid)
 
 
 def test_train_toy_learns():
     points = np.random.default_rng(0).normal(size=(512, 2)).astype(np.float32)
-    _, losses = F.train_toy(points, SMALL_T, steps=100, batch_size=64, lr=1e-2)
+    _, losses = toy_2d.train_toy(points, SMALL_T, steps=100, batch_size=64, lr=1e-2)
     assert np.mean(losses[-30:]) < np.mean(losses[:30])
 
 
@@ -129,7 +134,7 @@ def test_fashion_classifier_batch():
     g = torch.Generator().manual_seed(0)
     x, y = classifiers.fashion_batch(0, 16, g)
     assert x.shape == (16, 1, 32, 32) and y.shape == (16,) and y.dtype == torch.int64
-    model = classifiers.FeatureClassifier(classifiers.FASHION_CLASSIFIER)
+    model = FeatureClassifier(FASHION_CLASSIFIER)
     assert model.features(x).shape == (16, 64)
     assert classifiers.cross_entropy_loss(model, (x, y), g).ndim == 0
 
@@ -138,20 +143,20 @@ def test_fashion_classifier_batch():
 
 
 def _stub(*args, **kwargs):
-    raise NotImplementedError(exercises.STUB_MESSAGE)
+    raise NotImplementedError(runner.STUB_MESSAGE)
 
 
 def test_check_q_sample():
-    assert exercises.check_q_sample(ddpm.q_sample)
-    with pytest.raises(exercises.ExerciseFailed, match="NotImplementedError"):
-        exercises.check_q_sample(_stub)
+    assert ch01.check_q_sample(ddpm.q_sample)
+    with pytest.raises(runner.ExerciseFailed, match="NotImplementedError"):
+        ch01.check_q_sample(_stub)
 
     def no_sqrt(x0, t, eps, alpha_bar):  # the classic slip: alpha_bar instead of its square root
         a = ddpm.gather(alpha_bar, t, x0)
         return a * x0 + (1 - a) * eps
 
-    with pytest.raises(exercises.ExerciseFailed, match="square roots"):
-        exercises.check_q_sample(no_sqrt)
+    with pytest.raises(runner.ExerciseFailed, match="square roots"):
+        ch01.check_q_sample(no_sqrt)
 
 
 def _ddim(eps, t, xt, alpha_bar, prev_t, eta=0.0, noise=None, wrap_last=False):
@@ -164,14 +169,14 @@ def _ddim(eps, t, xt, alpha_bar, prev_t, eta=0.0, noise=None, wrap_last=False):
 
 
 def test_check_ddim_step():
-    assert exercises.check_ddim_step(_ddim)
-    with pytest.raises(exercises.ExerciseFailed, match="NotImplementedError"):
-        exercises.check_ddim_step(_stub)
-    with pytest.raises(exercises.ExerciseFailed, match="prev_t = -1"):  # alpha_bar[-1] is the noisiest, not 1
-        exercises.check_ddim_step(lambda *a, **k: _ddim(*a, **k, wrap_last=True))
+    assert ch01.check_ddim_step(_ddim)
+    with pytest.raises(runner.ExerciseFailed, match="NotImplementedError"):
+        ch01.check_ddim_step(_stub)
+    with pytest.raises(runner.ExerciseFailed, match="prev_t = -1"):  # alpha_bar[-1] is the noisiest, not 1
+        ch01.check_ddim_step(lambda *a, **k: _ddim(*a, **k, wrap_last=True))
 
     def no_noise(eps, t, xt, alpha_bar, prev_t, eta=0.0, noise=None):  # forgets sigma entirely
         return _ddim(eps, t, xt, alpha_bar, prev_t)
 
-    with pytest.raises(exercises.ExerciseFailed, match="eta = 0.5"):
-        exercises.check_ddim_step(no_noise)
+    with pytest.raises(runner.ExerciseFailed, match="eta = 0.5"):
+        ch01.check_ddim_step(no_noise)

@@ -1,11 +1,11 @@
-"""course.euler: Euler on the probability-flow ODE, against diffusers' EulerDiscreteScheduler."""
+"""course.diffusion.euler: Euler on the probability-flow ODE, against diffusers' EulerDiscreteScheduler."""
 
 import dataclasses
 
 import pytest
 import torch
 
-from course import ddpm, euler
+from course.diffusion import ddpm, euler, scheduler_parity
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
 
@@ -17,7 +17,7 @@ SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", ste
     dict(beta_schedule="linear", timestep_spacing="trailing"),
 ])
 def test_parity_with_diffusers(config):
-    assert euler.parity_euler_scheduler(config) <= 1e-5
+    assert scheduler_parity.parity_euler_scheduler(config) <= 1e-5
 
 
 def test_sigmas_and_start():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from course.exercises import Case, ExerciseFailed, available_checks, compare, run_cases
+from course.exercises.runner import Case, ExerciseFailed, available_checks, compare, run_cases
 
 # --- a toy exercise: scale an image batch by sqrt(alpha_bar), broadcast over (C, H, W) ---------
 

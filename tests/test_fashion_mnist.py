@@ -1,4 +1,4 @@
-"""Tests for course.fashion_mnist: the real files, the search order, corrupt files, the download."""
+"""Tests for course.world.fashion_mnist: the real files, the search order, corrupt files, the download."""
 
 import gzip
 import shutil
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from course import fashion_mnist as fm
+from course.world import fashion_mnist as fm
 
 HAVE_DEBIAN = all(fm._file_in(fm.DEBIAN_DIR, spec) for spec in fm.FILES.values())
 needs_debian = pytest.mark.skipif(not HAVE_DEBIAN, reason=f"Fashion-MNIST not installed in {fm.DEBIAN_DIR}")

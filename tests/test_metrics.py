@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from course import data, metrics
-from course.classifiers import ClassifierConfig, FeatureClassifier
+from course.world import metrics, shapes
+from course.world.classifiers import ClassifierConfig, FeatureClassifier
 
 
 def _image(*objects):
-    return data.render(data.Scene(tuple(data.SceneObject(*o) for o in objects)))
+    return shapes.render(shapes.Scene(tuple(shapes.SceneObject(*o) for o in objects)))
 
 
 def test_detect_finds_each_attribute():
@@ -19,8 +19,8 @@ def test_detect_finds_each_attribute():
 
 
 def test_real_images_score_full_marks_and_shuffled_captions_fail():
-    images, paraphrased, scenes = data.sample_batch(300, seed=11)
-    canonical = [data.caption(s) for s in scenes]
+    images, paraphrased, scenes = shapes.sample_batch(300, seed=11)
+    canonical = [shapes.caption(s) for s in scenes]
     assert metrics.shapes_eval(images, canonical).full_match >= 0.99
     assert metrics.shapes_eval(images, paraphrased).full_match >= 0.99
     shuffled = [canonical[i] for i in np.random.default_rng(0).permutation(300)]
@@ -28,11 +28,11 @@ def test_real_images_score_full_marks_and_shuffled_captions_fail():
 
 
 def test_detector_survives_blur_and_noise():
-    images, _, scenes = data.sample_batch(200, seed=12)
-    x = data.to_tensor(images)
+    images, _, scenes = shapes.sample_batch(200, seed=12)
+    x = shapes.to_tensor(images)
     x = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
     x = x + 0.03 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
-    report = metrics.shapes_eval(data.to_images(x), [data.caption(s) for s in scenes])
+    report = metrics.shapes_eval(shapes.to_images(x), [shapes.caption(s) for s in scenes])
     assert report.full_match >= 0.9  # a 3×3 box blur rounds a 10-pixel square; most must survive
 
 
@@ -51,14 +51,14 @@ def test_partial_scores_separate_the_failure_kinds():
 
 
 def test_report_splits_by_number_of_objects():
-    images, _, scenes = data.sample_batch(60, seed=13)
-    report = metrics.shapes_eval(images, [data.caption(s) for s in scenes])
+    images, _, scenes = shapes.sample_batch(60, seed=13)
+    report = metrics.shapes_eval(images, [shapes.caption(s) for s in scenes])
     parts = report.by_objects()
     assert set(parts) == {1, 2} and parts[1].n + parts[2].n == 60
 
 
 def test_shapes_eval_rejects_bad_input():
-    images, captions, _ = data.sample_batch(3, seed=0)
+    images, captions, _ = shapes.sample_batch(3, seed=0)
     with pytest.raises(ValueError, match="one prompt per image"):
         metrics.shapes_eval(images, captions[:2])
     with pytest.raises(ValueError, match="uint8 RGB images"):
@@ -75,16 +75,16 @@ def test_frechet_distance_closed_forms():
 def test_fid_is_smaller_between_like_sets():
     torch.manual_seed(0)
     classifier = FeatureClassifier(ClassifierConfig(feature_dim=16))
-    real_a = data.render_batch(data.sample_scenes(64, seed=1))
-    real_b = data.render_batch(data.sample_scenes(64, seed=2))
-    one_colour = data.render_batch([data.Scene((data.SceneObject("red", "circle", "center", "large"),))] * 64)
+    real_a = shapes.render_batch(shapes.sample_scenes(64, seed=1))
+    real_b = shapes.render_batch(shapes.sample_scenes(64, seed=2))
+    one_colour = shapes.render_batch([shapes.Scene((shapes.SceneObject("red", "circle", "center", "large"),))] * 64)
     assert metrics.fid(classifier, real_a, real_b) < metrics.fid(classifier, real_a, one_colour)
     with pytest.raises(ValueError, match="at least 32"):
         metrics.fid(classifier, real_a[:10], real_b)
 
 
 def test_cut_off_share_and_sharpness_separate_crops_and_blur_from_plain_renders():
-    variants = data.sample_variants(300, 3)
+    variants = shapes.sample_variants(300, 3)
     plain = np.stack([v.image for v in variants if v.original_size == (64, 64)])
     cropped = np.stack([v.image for v in variants if v.original_size[0] > 64])
     lowres = np.stack([v.image for v in variants if v.original_size[0] < 64])

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from course import checkpoints, zoo
-from course import offset_noise as O
-from course.unet import UNet
+from course.nn.unet import UNet
+from course.recipes import offset_noise as O
 
 TINY = dataclasses.replace(O.UNET_CONFIG, block_out_channels=(8, 8), down_block_types=O.UNET_CONFIG.down_block_types[:2],
                            up_block_types=O.UNET_CONFIG.up_block_types[:2])

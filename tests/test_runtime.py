@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from course import pipeline, runtime
+from course import runtime
+from course.pipelines import base
 
 
 def test_seed_everything_repeats_draws():
@@ -24,8 +25,8 @@ def test_device_can_be_forced(monkeypatch):
 
 def test_save_images_writes_pngs(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
-    paths = pipeline.save_images(images, tmp_path / "out", prefix="x")
+    paths = base.save_images(images, tmp_path / "out", prefix="x")
     assert [p.name for p in paths] == ["x-0000.png", "x-0001.png", "x-0002.png"]
     assert np.array_equal(np.asarray(Image.open(paths[1])), images[1])
     with pytest.raises(ValueError, match="uint8"):
-        pipeline.save_images(images.astype(np.float32), tmp_path)
+        base.save_images(images.astype(np.float32), tmp_path)

@@ -1,4 +1,4 @@
-"""course.sd1: the sd1-shapes parts and recipe (tiny random stand-ins), and the diffusers-folder loader."""
+"""course.recipes.sd1_shapes: the sd1-shapes parts and recipe (tiny random stand-ins), and the diffusers-folder loader."""
 
 import json
 
@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from course import data, sd1
-from course.clip import MiniClip, MiniClipConfig, shapes_vocabulary
-from course.latent import LatentCodec
-from course.text import tokenize
-from course.unet import UNet, UNetConfig
-from course.vae import VAE, VAEConfig
+from course.nn.clip_text import tokenize
+from course.nn.codec import LatentCodec
+from course.nn.mini_clip import MiniClip, MiniClipConfig
+from course.nn.unet import UNet, UNetConfig
+from course.nn.vae import VAE, VAEConfig
+from course.pipelines import sd1
+from course.recipes import sd1_shapes
+from course.recipes.clip_shapes import shapes_vocabulary
+from course.world import shapes
 
 
 def tiny_unet(width: int = 16) -> UNet:
@@ -47,43 +50,43 @@ def test_prompt_encoder_reads_the_clip_tower_per_token(clip):
 def test_sd1shapes_checks_text_width(clip, codec):
     enc = sd1.prompt_encoder_from_clip(clip)
     with pytest.raises(ValueError, match="cross_attention_dim 32 must equal the text width 16"):
-        sd1.SD1Shapes(tiny_unet(32), enc, codec, sd1.SCHEDULE)
+        sd1_shapes.SD1Shapes(tiny_unet(32), enc, codec, sd1_shapes.SCHEDULE)
 
 
 def test_recipe_unet_matches_clip_shapes_width():
-    from course.clip import CLIP_SHAPES
+    from course.recipes.clip_shapes import CLIP_SHAPES
 
-    assert sd1.SD1_SHAPES_UNET.cross_attention_dim == CLIP_SHAPES.text_width
-    assert sd1.SCHEDULE.beta_schedule == "scaled_linear" and sd1.SCHEDULE.prediction_type == "v_prediction"
+    assert sd1_shapes.SD1_SHAPES_UNET.cross_attention_dim == CLIP_SHAPES.text_width
+    assert sd1_shapes.SCHEDULE.beta_schedule == "scaled_linear" and sd1_shapes.SCHEDULE.prediction_type == "v_prediction"
 
 
 def test_latent_bank_is_cached_and_keyed_by_the_codec(codec, tmp_path):
     cache = tmp_path / "bank.safetensors"
-    scenes, z0 = sd1.latent_bank(codec, n=6, seed=3, cache=cache)
+    scenes, z0 = sd1_shapes.latent_bank(codec, n=6, seed=3, cache=cache)
     assert len(scenes) == 6 and z0.shape == (6, 4, 8, 8) and cache.is_file()
-    torch.testing.assert_close(z0, codec.encode(data.to_tensor(data.render_batch(scenes))))
-    _, again = sd1.latent_bank(codec, n=6, seed=3, cache=cache)
+    torch.testing.assert_close(z0, codec.encode(shapes.to_tensor(shapes.render_batch(scenes))))
+    _, again = sd1_shapes.latent_bank(codec, n=6, seed=3, cache=cache)
     torch.testing.assert_close(again, z0)
     other = LatentCodec(codec.vae, torch.zeros(4), torch.full((4,), 2.0)).eval()
-    assert len(sd1.latent_bank(other, n=6, seed=3, cache=cache)[1]) == 6
+    assert len(sd1_shapes.latent_bank(other, n=6, seed=3, cache=cache)[1]) == 6
     # a different codec gives different latents: the cache must not be reused for it
-    _, scaled = sd1.latent_bank(other, n=6, seed=3, cache=cache)
+    _, scaled = sd1_shapes.latent_bank(other, n=6, seed=3, cache=cache)
     torch.testing.assert_close(scaled, 2 * z0)
 
 
 def test_batch_fn_paraphrases_and_drops_captions(clip, codec):
     enc = sd1.prompt_encoder_from_clip(clip)
-    scenes, z0 = sd1.latent_bank(codec, n=8, seed=1)
+    scenes, z0 = sd1_shapes.latent_bank(codec, n=8, seed=1)
     empty = enc([""])[0]
     g = torch.Generator().manual_seed(0)
-    z, cond = sd1.make_batch_fn(scenes, z0, enc)(0, 5, g)
+    z, cond = sd1_shapes.make_batch_fn(scenes, z0, enc)(0, 5, g)
     assert z.shape == (5, 4, 8, 8) and cond.shape == (5, 32, 16)
-    all_dropped = sd1.make_batch_fn(scenes, z0, enc, caption_dropout=1.0)(0, 4, g)[1]
+    all_dropped = sd1_shapes.make_batch_fn(scenes, z0, enc, caption_dropout=1.0)(0, 4, g)[1]
     torch.testing.assert_close(all_dropped, empty.expand(4, -1, -1))
-    none_dropped = sd1.make_batch_fn(scenes, z0, enc, caption_dropout=0.0)(0, 4, g)[1]
+    none_dropped = sd1_shapes.make_batch_fn(scenes, z0, enc, caption_dropout=0.0)(0, 4, g)[1]
     assert all((none_dropped[i] - empty).abs().max() > 1e-4 for i in range(4))
     # the share of dropped captions is about 10%
-    fn = sd1.make_batch_fn(scenes, z0, enc)
+    fn = sd1_shapes.make_batch_fn(scenes, z0, enc)
     g = torch.Generator().manual_seed(1)
     dropped = sum(int(((fn(s, 50, g)[1] - empty).abs().amax(dim=(1, 2)) < 1e-6).sum()) for s in range(4))
     assert 8 <= dropped <= 35, dropped
@@ -91,13 +94,13 @@ def test_batch_fn_paraphrases_and_drops_captions(clip, codec):
 
 def test_loss_trains_the_unet_on_a_fixed_batch(clip, codec):
     enc = sd1.prompt_encoder_from_clip(clip)
-    scenes, z0 = sd1.latent_bank(codec, n=4, seed=2)
-    batch = sd1.make_batch_fn(scenes, z0, enc, caption_dropout=0.0)(0, 4, torch.Generator().manual_seed(0))
+    scenes, z0 = sd1_shapes.latent_bank(codec, n=4, seed=2)
+    batch = sd1_shapes.make_batch_fn(scenes, z0, enc, caption_dropout=0.0)(0, 4, torch.Generator().manual_seed(0))
     unet = tiny_unet()
     opt = torch.optim.AdamW(unet.parameters(), lr=5e-3)
 
     def loss_at(seed):
-        return sd1.sd1_loss(unet, batch, torch.Generator().manual_seed(seed))
+        return sd1_shapes.sd1_loss(unet, batch, torch.Generator().manual_seed(seed))
 
     with torch.no_grad():
         before = sum(float(loss_at(s)) for s in range(4))
@@ -112,16 +115,16 @@ def test_loss_trains_the_unet_on_a_fixed_batch(clip, codec):
 
 
 def test_config_round_trips_through_json():
-    cfg = json.loads(json.dumps(sd1.sd1_config(sd1.SD1_SHAPES_UNET, {"clip-shapes": "ab", "vae-shapes": "cd"})))
-    assert sd1._unet_config(cfg["unet"]) == sd1.SD1_SHAPES_UNET
+    cfg = json.loads(json.dumps(sd1_shapes.sd1_config(sd1_shapes.SD1_SHAPES_UNET, {"clip-shapes": "ab", "vae-shapes": "cd"})))
+    assert sd1_shapes._unet_config(cfg["unet"]) == sd1_shapes.SD1_SHAPES_UNET
     assert cfg["parts"] == {"clip-shapes": "ab", "vae-shapes": "cd"}
 
 
 def test_pipeline_and_quick_evaluation_run_on_an_untrained_model(clip, codec):
-    model = sd1.SD1Shapes(tiny_unet().eval(), sd1.prompt_encoder_from_clip(clip), codec, sd1.SCHEDULE)
-    images = sd1.sd1_shapes_pipeline(model, {}).generate(["a red circle", "a blue square"], steps=2, guidance=3.0, seed=0)
+    model = sd1_shapes.SD1Shapes(tiny_unet().eval(), sd1.prompt_encoder_from_clip(clip), codec, sd1_shapes.SCHEDULE)
+    images = sd1_shapes.sd1_shapes_pipeline(model, {}).generate(["a red circle", "a blue square"], steps=2, guidance=3.0, seed=0)
     assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
-    metrics = sd1.evaluate_sd1_shapes(model, quick=True)
+    metrics = sd1_shapes.evaluate_sd1_shapes(model, quick=True)
     for w in ("1", "3", "5", "7.5"):
         assert 0.0 <= metrics[f"shapes_eval_full_match_w{w}"] <= 1.0
         assert f"shapes_eval_full_match_two_objects_w{w}" in metrics
@@ -190,7 +193,7 @@ def test_euler_folder_pipeline_parity_and_sampler_choice(tmp_path):
 def test_check_cross_attention_catches_typical_mistakes(capsys):
     import math
 
-    from course import exercises
+    from course.exercises import ch04, runner
 
     def solution(q, k, v):
         w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (B, N, T)
@@ -203,9 +206,9 @@ def test_check_cross_attention_catches_typical_mistakes(capsys):
         return torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
 
     def stub(q, k, v):
-        raise NotImplementedError(exercises.STUB_MESSAGE)
+        raise NotImplementedError(runner.STUB_MESSAGE)
 
-    assert exercises.check_cross_attention(solution)
+    assert ch04.check_cross_attention(solution)
     for bad in (wrong_axis, no_scale, stub):
-        with pytest.raises(exercises.ExerciseFailed):
-            exercises.check_cross_attention(bad)
+        with pytest.raises(runner.ExerciseFailed):
+            ch04.check_cross_attention(bad)

@@ -1,4 +1,4 @@
-"""course.sdxl: SDXL's conditioning (time ids, two text encoders, pooled vector), pipeline, loader, parity."""
+"""course.pipelines.sdxl: SDXL's conditioning (time ids, two text encoders, pooled vector), pipeline, loader, parity."""
 
 import json
 import shutil
@@ -6,10 +6,10 @@ import shutil
 import pytest
 import torch
 
-from course import sdxl
-from course.sd1 import PromptEncoder, schedule_from_folder
-from course.text import EOS_ID, from_transformers
-from course.unet import UNet, config_from_diffusers
+from course.nn.clip_text import EOS_ID, from_transformers
+from course.nn.unet import UNet, config_from_diffusers
+from course.pipelines import sdxl
+from course.pipelines.sd1 import PromptEncoder, schedule_from_folder
 
 PROMPTS = ["a red circle in the top left", "a large blue square and a small green triangle"]
 
@@ -82,7 +82,7 @@ def hf_text():
 
 
 def test_openclip_padding_comes_after_the_eos():
-    from course.text import tokenize
+    from course.nn.clip_text import tokenize
 
     ids = tokenize(["a red circle", ""], 8, pad_token_id=0)["input_ids"]
     assert ids.tolist() == [[49406, 320, 736, 7117, EOS_ID, 0, 0, 0], [49406, EOS_ID, 0, 0, 0, 0, 0, 0]]
@@ -92,7 +92,7 @@ def test_openclip_padding_comes_after_the_eos():
 def test_dual_prompt_encoder_matches_transformers(hf_text):
     import copy
 
-    from course.text import clip_tokenizer
+    from course.nn.clip_text import clip_tokenizer
 
     first, second = hf_text
     t1, t2 = from_transformers(first), from_transformers(second)
@@ -186,8 +186,8 @@ def test_sdxl_pipeline_parity_with_its_own_euler_scheduler(tmp_path):
 
 
 def test_pipeline_rejects_a_unet_without_text_time(hf_text):
-    from course.latent import LatentCodec
-    from course.vae import VAE, VAEConfig
+    from course.nn.codec import LatentCodec
+    from course.nn.vae import VAE, VAEConfig
 
     first, second = hf_text
     t1, t2 = from_transformers(first), from_transformers(second)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from course import checkpoints, data, sdxl_shapes as S
-from course.unet import UNet
+from course import checkpoints
+from course.nn.unet import UNet
+from course.recipes import sdxl_shapes as S
 
 TINY = dataclasses.replace(S.SDXL_SHAPES_UNET, block_out_channels=(32, 32), num_heads=(1, 2), norm_num_groups=8,
                            transformer_layers_per_block=(1, 1))
@@ -120,8 +121,9 @@ def test_shipped_ablation_measures():
 
 
 def test_check_text_time_passes_the_solution_and_names_the_mistakes():
-    from course.attention import timestep_embedding
-    from course.exercises import ExerciseFailed, check_text_time
+    from course.exercises.ch05 import check_text_time
+    from course.exercises.runner import ExerciseFailed
+    from course.nn.attention import timestep_embedding
 
     def solution(pooled, ids, dim):
         return torch.cat([pooled, timestep_embedding(ids.flatten(), dim, True, 0.0).reshape(len(pooled), -1)], -1)

@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course.exercises import ExerciseFailed, run_cases
+from course.exercises.runner import ExerciseFailed, run_cases
 from course.paths import NOTEBOOK_DIR
 from course.student import (
     CODE_STUB,

@@ -1,4 +1,4 @@
-"""course.unet: parity with diffusers' UNet2DConditionModel, presets, and the errors it raises."""
+"""course.nn.unet: parity with diffusers' UNet2DConditionModel, presets, and the errors it raises."""
 
 import dataclasses
 
@@ -7,16 +7,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D
 
-from course.unet import (
-    PRESETS,
-    MidBlock,
-    UNet,
-    UNetConfig,
-    config_from_diffusers,
-    diffusers_config,
-    get_preset,
-    parity_unet,
-)
+from course.nn.unet import PRESETS, UNet, UNetConfig, config_from_diffusers, diffusers_config, get_preset, parity_unet
+from course.nn.unet_blocks import MidBlock
 
 CA_D, D, CA_U, U = "CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"
 SMALL = dict(sample_size=8, in_channels=4, out_channels=4, norm_num_groups=8, layers_per_block=1)

@@ -1,4 +1,4 @@
-"""Tests for course.vae: shapes, the Gaussian posterior, losses, latent scaling, parity with diffusers."""
+"""Tests for course.nn.vae: shapes, the Gaussian posterior, losses, latent scaling, parity with diffusers."""
 
 import math
 
@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from course import vae as V
+from course.nn import codec
+from course.nn import vae as V
+from course.recipes import vae_shapes
 
 
 def _diffusers_cfg(widths, **kw):
@@ -147,21 +149,21 @@ def test_reconstruction_loss_combines_l1_and_mse_with_weights():
     g = torch.Generator().manual_seed(0)
     x, x_hat = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
     d = x_hat - x
-    torch.testing.assert_close(V.reconstruction_loss(x_hat, x), d.abs().mean() + d.pow(2).mean())
-    assert V.reconstruction_loss(x, x).item() == 0.0
+    torch.testing.assert_close(vae_shapes.reconstruction_loss(x_hat, x), d.abs().mean() + d.pow(2).mean())
+    assert vae_shapes.reconstruction_loss(x, x).item() == 0.0
     weight = torch.ones(2, 1, 4, 4)
     weight[0] = 3.0
     expected = (weight * (d.abs() + d.pow(2))).mean()
-    torch.testing.assert_close(V.reconstruction_loss(x_hat, x, weight), expected)
+    torch.testing.assert_close(vae_shapes.reconstruction_loss(x_hat, x, weight), expected)
     with pytest.raises(ValueError, match="same shape"):
-        V.reconstruction_loss(x_hat[:, :1], x)
+        vae_shapes.reconstruction_loss(x_hat[:, :1], x)
 
 
 def test_foreground_weight_marks_non_background_pixels():
     background = torch.tensor([0.8, 0.8, 0.8])
     x = background.view(1, 3, 1, 1).expand(1, 3, 4, 4).clone()
     x[0, :, 1, 2] = torch.tensor([0.9, -0.5, -0.5])  # one red pixel
-    w = V.foreground_weight(x, background, weight=5.0)
+    w = vae_shapes.foreground_weight(x, background, weight=5.0)
     assert w.shape == (1, 1, 4, 4)
     assert w[0, 0, 1, 2] == 5.0 and (w == 5.0).sum() == 1 and (w == 1.0).sum() == 15
 
@@ -169,14 +171,14 @@ def test_foreground_weight_marks_non_background_pixels():
 def test_scaling_factor_gives_unit_variance():
     g = torch.Generator().manual_seed(0)
     latents = 5.0 * torch.randn(64, 4, 8, 8, generator=g)
-    s = V.fit_scaling_factor(latents)
+    s = codec.fit_scaling_factor(latents)
     assert abs(s - 0.2) < 0.01
     assert abs((latents * s).std().item() - 1.0) < 1e-5
 
     channel_std = torch.tensor([3.0, 5.0, 8.0, 11.0]).view(1, 4, 1, 1)
     channel_mean = torch.tensor([1.0, -2.0, 0.0, 4.0]).view(1, 4, 1, 1)
     latents = channel_mean + channel_std * torch.randn(64, 4, 8, 8, generator=g)
-    shift, scale = V.fit_channel_normalization(latents)
+    shift, scale = codec.fit_channel_normalization(latents)
     assert shift.shape == scale.shape == (4,)
     normed = (latents - shift.view(1, 4, 1, 1)) * scale.view(1, 4, 1, 1)
     torch.testing.assert_close(normed.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-5, rtol=0)
@@ -191,7 +193,7 @@ def test_a_few_steps_reduce_the_loss():
     losses = []
     for _ in range(20):
         out = vae(x)
-        loss = V.reconstruction_loss(out.sample, x) + 1e-4 * V.kl_loss(out.posterior)
+        loss = vae_shapes.reconstruction_loss(out.sample, x) + 1e-4 * V.kl_loss(out.posterior)
         opt.zero_grad()
         loss.backward()
         opt.step()

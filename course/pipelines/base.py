@@ -1,0 +1,372 @@
+"""Text (or nothing) in, images out: the course's sampling pipelines behind one interface.
+
+`load(NAME)` gives the pipeline of a named generator (`python -m course list` shows them), its
+weights verified against the manifest; `pipe.generate(prompts, steps=..., guidance=..., seed=...)`
+returns uint8 images (N, H, W, 3), one per prompt. `python -m course generate` is the same
+call, writing PNG files. Chapter 04 adds the text-to-image pipeline `TextToImage` (DDIM,
+classifier-free guidance, negative prompts, img2img) below; `course.pipelines.sd1.load_diffusers_folder`
+builds one from a Stable Diffusion 1.x folder in diffusers format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from course import checkpoints, zoo
+from course.diffusion import ddpm, euler
+
+
+class Pipeline(Protocol):
+    def generate(self, prompts: list[str], *, steps: int = 50, guidance: float = 1.0, seed: int = 0) -> np.ndarray:
+        """One uint8 image (H, W, 3) per prompt, stacked (N, H, W, 3); deterministic for a seed."""
+        ...
+
+
+def generators() -> list[str]:
+    """Names of the zoo models that generate images."""
+    return [c.name for c in zoo.MODELS.values() if c.pipeline is not None]
+
+
+def load(name: str, checkpoint: str | Path | None = None) -> Pipeline:
+    """The pipeline of generator `name`, with the shipped weights or those in `checkpoint`.
+
+    Raises:
+        KeyError: unknown name (the message lists the models), or a model that does not
+            generate images (the message lists those that do).
+    """
+    card = zoo.card(name)
+    if card.pipeline is None:
+        raise KeyError(
+            f"{name!r} does not generate images (it is a {card.summary}); "
+            f"generators: {', '.join(generators()) or 'none yet'}"
+        )
+    tensors, entry = checkpoints.load_checkpoint(None if checkpoint else name, checkpoint)
+    model = zoo.resolve(card.load)(tensors, entry["config"])
+    return zoo.resolve(card.pipeline)(model, entry["config"])
+
+
+def save_images(images: np.ndarray, out_dir: str | Path, prefix: str = "image") -> list[Path]:
+    """Write uint8 images (N, H, W, C) as PNG files `out_dir/prefix-0000.png`, ... ."""
+    from PIL import Image
+
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"save_images expects uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, image in enumerate(images):
+        path = out_dir / f"{prefix}-{i:04d}.png"
+        Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(path)
+        written.append(path)
+    return written
+
+
+# ============================================================================ text-to-image (chapter 04)
+# Shape letters: B images, C latent channels, h, w latent size, T tokens, D text width.
+# The sampler is pure functions (`cfg_combine`, `guided_eps`, `ddim_timesteps`, `img2img_timesteps`,
+# `ddim_sample`) and one class, `TextToImage`, that holds the three frozen parts of a Stable
+# Diffusion model (U-Net, text encoder, VAE) and turns prompts into images with them.
+
+
+def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: eps = eps_uncond + w (eps_cond - eps_uncond).
+
+    w = 1 gives the conditional prediction, w = 0 the unconditional one, w > 1 pushes the sample
+    further in the direction the prompt adds (Stable Diffusion's default is 7.5).
+
+    Args:
+        eps_uncond: (B, C, h, w) the prediction for the empty (or negative) prompt.
+        eps_cond: (B, C, h, w) the prediction for the prompt.
+        guidance: the guidance scale w.
+
+    Returns:
+        (B, C, h, w) the guided prediction.
+
+    Ref: Ho & Salimans 2022, "Classifier-Free Diffusion Guidance", Eq. 6 (their w is ours minus 1).
+    """
+    return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+
+def guided_eps(unet: Callable, xt: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor | None,
+               guidance: float, added: dict[str, torch.Tensor] | None = None,
+               added_uncond: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The model's guided eps at (xt, t): one forward pass over the batch [uncond; cond].
+
+    Args:
+        unet: (x (2B, C, h, w), t, cond (2B, T, D)[, added]) -> eps (2B, C, h, w).
+        xt: (B, C, h, w) the current latents.
+        t: the timestep.
+        cond: (B, T, D) the prompts' text states.
+        uncond: (B, T, D) the empty or negative prompts' states; unused (may be None) when guidance == 1.
+        guidance: w >= 1.
+        added: optional extra conditioning of the prompts, a dict of (B, ...) tensors given to the
+            U-Net as its 4th argument (SDXL: {"text_embeds": (B, P), "time_ids": (B, 6)}); None for SD 1.x.
+        added_uncond: the same for the unconditional branch (needed with `added` when guidance > 1).
+
+    Returns:
+        (B, C, h, w) guided eps.
+    """
+    extra = () if added is None else (added,)
+    if guidance == 1.0:  # as diffusers: no unconditional pass when it cannot change the result
+        return unet(xt, t, cond, *extra)
+    x_in = torch.cat([xt, xt])  # (2B, C, h, w)
+    c_in = torch.cat([uncond, cond])  # (2B, T, D): unconditional half first, as diffusers
+    if added is not None:
+        extra = ({k: torch.cat([added_uncond[k], added[k]]) for k in added},)  # (2B, ...) each, unconditional first
+    eps_uncond, eps_cond = unet(x_in, t, c_in, *extra).chunk(2)  # (B, C, h, w) each
+    return cfg_combine(eps_uncond, eps_cond, guidance)
+
+
+def ddim_timesteps(schedule: ddpm.Schedule, steps: int) -> list[int]:
+    """The timesteps a `steps`-step DDIM visits, largest first, with the schedule's spacing.
+
+    Stable Diffusion's DDIMScheduler uses "leading" spacing with steps_offset 1: 50 steps visit
+    981, 961, ..., 1.
+    """
+    T = schedule.num_train_timesteps
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in 1 ... {T} (the schedule's training timesteps), got {steps}")
+    return ddpm.respace(T, steps, schedule.timestep_spacing, schedule.steps_offset).tolist()
+
+
+def img2img_timesteps(schedule: ddpm.Schedule, steps: int, strength: float) -> list[int]:
+    """SDEdit's timesteps: the last int(steps * strength) of `ddim_timesteps(schedule, steps)`.
+
+    strength 1 starts at the noisiest timestep (the init image is almost forgotten); strength 0.3
+    noises the image to about 0.3 T and keeps its layout. The rule is diffusers'
+    StableDiffusionImg2ImgPipeline.get_timesteps.
+
+    Ref: Meng et al. 2022, "SDEdit: Guided Image Synthesis and Editing with SDEs", Sec. 3.
+    """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1] (1 = start from noise, small = stay close to the image), got {strength}")
+    timesteps = ddim_timesteps(schedule, steps)
+    n = min(int(steps * strength), steps)
+    if n < 1:
+        raise ValueError(f"steps * strength = {steps} * {strength} < 1 leaves no denoising step; raise steps or strength")
+    return timesteps[steps - n:]
+
+
+@torch.no_grad()
+def ddim_sample(eps_fn: Callable, xt: torch.Tensor, schedule: ddpm.Schedule, steps: int, timesteps: list[int],
+                eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Run DDIM from xt at timesteps[0] down to clean latents.
+
+    Each step goes from t to t - T // steps, as diffusers' DDIMScheduler does (for "leading" and
+    "trailing" spacing that is the next listed timestep; below 0 it is the clean end).
+
+    Args:
+        eps_fn: (xt (B, C, h, w), t int) -> model output (B, C, h, w), guidance already applied.
+        xt: (B, C, h, w) the starting latents at timesteps[0].
+        schedule: the noise schedule the model was trained with.
+        steps: the number of steps of the full chain (fixes the step size T // steps).
+        timesteps: the timesteps to visit (all of `ddim_timesteps`, or SDEdit's tail of them).
+        eta: DDIM noise, 0 (deterministic) ... 1.
+        generator: draws the step noise when eta > 0.
+
+    Returns:
+        (B, C, h, w) x0, the clean latents.
+
+    Ref: Song et al. 2021, "Denoising Diffusion Implicit Models", Eq. 12.
+    """
+    step = schedule.num_train_timesteps // steps
+    x = xt
+    for t in timesteps:
+        noise = ddpm._randn(x.shape, generator, x.device, x.dtype) if eta > 0 else None
+        x = ddpm.ddim_step(eps_fn(x, t), t, x, schedule, t - step, eta, noise).x_prev
+    return x
+
+
+def _to(value, device: torch.device):
+    """A tensor, a dict of tensors, or None, moved to `device`."""
+    if isinstance(value, dict):
+        return {k: v.to(device) for k, v in value.items()}
+    return value.to(device) if value is not None else None
+
+
+SAMPLERS = ("ddim", "euler")  # deterministic DDIM (SD 1.x's DDIMScheduler) and Euler (EulerDiscreteScheduler, SDXL's default)
+
+
+class TextToImage:
+    """A Stable Diffusion 1.x pipeline: prompts -> text states -> guided DDIM or Euler in latent space -> VAE decoder.
+
+    The same class runs the course's `sd1-shapes` and any SD 1.x model in diffusers format loaded
+    with `course.pipelines.sd1.load_diffusers_folder` (then its images equal diffusers'
+    StableDiffusionPipeline's from the same starting latents, `course.pipelines.sd1.parity_sd1_pipeline`).
+
+    Args:
+        unet: the denoiser, (xt (B, C, h, w), t, cond (B, T, D)) -> eps (B, C, h, w).
+        text_encoder: prompts (list of B str) -> (B, T, D) per-token states (CLIP's last hidden state).
+        codec: latents <-> images: `decode(z)` -> (B, 3, H, W) in [-1, 1], `encode(x0)` -> z, and
+            `vae.config.downsample_factor`; a `course.nn.codec.LatentCodec` (its normalisation is SD's
+            scaling factor for diffusers models, the per-channel one for vae-shapes).
+        schedule: the noise schedule the U-Net was trained with (its prediction_type says how
+            the output is read: eps, or v).
+        image_size: H = W of the images generated (a multiple of the codec's downsample factor).
+        sampler: the default sampler, one of SAMPLERS ("euler" for folders that ship an
+            EulerDiscreteScheduler); `generate(sampler=...)` overrides it per call.
+    """
+
+    def __init__(self, unet: nn.Module, text_encoder: Callable, codec: nn.Module, schedule: ddpm.Schedule, image_size: int,
+                 sampler: str = "ddim"):
+        f = codec.vae.config.downsample_factor
+        if image_size % f:
+            raise ValueError(f"image_size {image_size} must be a multiple of the VAE's downsample factor {f}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+        self.unet, self.text_encoder, self.codec, self.schedule = unet, text_encoder, codec, schedule
+        self.image_size, self.sampler = image_size, sampler
+        self.latent_shape = (codec.vae.config.latent_channels, image_size // f, image_size // f)  # (C, h, w)
+
+    def _size(self, size: tuple[int, int] | None) -> tuple[int, int]:
+        """(H, W) of the images: `size`, or (image_size, image_size); each a multiple of the VAE factor."""
+        f = self.codec.vae.config.downsample_factor
+        H, W = (self.image_size, self.image_size) if size is None else tuple(size)
+        if not all(isinstance(v, int) and v > 0 and v % f == 0 for v in (H, W)):
+            raise ValueError(f"size must be (H, W), positive multiples of the VAE's downsample factor {f}, got {size!r}")
+        return H, W
+
+    def _device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def _codec_device(self) -> torch.device:
+        return next(self.codec.parameters()).device
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], negative_prompts: list[str] | None, guidance: float):
+        """(cond (B, T, D), uncond (B, T, D) or None): the negative prompts replace the empty prompt."""
+        cond = self.text_encoder(list(prompts))  # (B, T, D)
+        if guidance == 1.0:
+            return cond, None
+        uncond = self.text_encoder(list(negative_prompts) if negative_prompts is not None else [""] * len(prompts))  # (B, T, D)
+        return cond, uncond
+
+    @torch.no_grad()
+    def conditioning(self, prompts: list[str], negative_prompts: list[str] | None, guidance: float, *,
+                     size: tuple[int, int]):
+        """(cond, uncond, added, added_uncond): everything the U-Net is conditioned on, for both branches.
+
+        SD 1.x reads only the text states (added = added_uncond = None) and ignores the image
+        `size` (H, W). A subclass whose U-Net takes more (`course.pipelines.sdxl.SDXLTextToImage`: pooled
+        text and size/crop ids) overrides this; the extra keywords of its `sample_latents` /
+        `generate` arrive here.
+        """
+        cond, uncond = self.encode_prompts(prompts, negative_prompts, guidance)
+        return cond, uncond, None, None
+
+    def _check(self, prompts, negative_prompts, steps: int, guidance: float, sampler: str = "ddim", eta: float = 0.0) -> None:
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompts must be a list of strings, one per image, e.g. ['a red circle'] * 4")
+        if negative_prompts is not None:
+            if isinstance(negative_prompts, str):
+                raise ValueError("negative_prompts must be a list of strings, one per prompt (not a single string)")
+            if len(negative_prompts) != len(prompts):
+                raise ValueError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts: give one per prompt")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if guidance < 1.0:
+            raise ValueError(f"guidance must be >= 1 (1 = no guidance, the conditional model alone; SD uses 7.5); got {guidance}. "
+                             "w < 1 would mix in the unconditional model, which is not what a guidance scale is for")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+        if sampler == "euler" and eta != 0.0:
+            raise ValueError("eta > 0 is DDIM's stochastic variant; the Euler sampler is deterministic: use sampler='ddim'")
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], **kwargs) -> torch.Tensor:
+        """Generate images as float (B, 3, H, W) in [-1, 1]; the arguments are `generate`'s."""
+        z0 = self.sample_latents(prompts, **kwargs)  # (B, C, h, w)
+        return self.codec.decode(z0.to(self._codec_device()))  # (B, 3, H, W)
+
+    @torch.no_grad()
+    def sample_latents(self, prompts: list[str], *, steps: int = 50, guidance: float = 1.0, seed: int = 0,
+                       negative_prompts: list[str] | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
+                       init_images: torch.Tensor | None = None, strength: float = 1.0, sampler: str | None = None,
+                       size: tuple[int, int] | None = None, init_latents: torch.Tensor | None = None,
+                       **conditioning) -> torch.Tensor:
+        """The clean latents z0 (B, C, h, w) before the VAE decoder; the arguments are `generate`'s."""
+        sampler = sampler or self.sampler
+        self._check(prompts, negative_prompts, steps, guidance, sampler, eta)
+        H, W = self._size(size)
+        device, B = self._device(), len(prompts)
+        generator = torch.Generator().manual_seed(seed)  # one per call: the same seed, the same images
+        cond, uncond, added, added_uncond = (_to(v, device) for v in self.conditioning(
+            prompts, negative_prompts, guidance, size=(H, W), **conditioning))
+        f = self.codec.vae.config.downsample_factor
+        shape = (B, self.latent_shape[0], H // f, W // f)  # (B, C, h, w)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} (B, C, h, w) for {B} prompts at {H}x{W}px, "
+                             f"got {tuple(latents.shape)}")
+        noise = ddpm._randn(shape, generator, device) if latents is None else latents.to(device)  # (B, C, h, w)
+        if init_images is not None and init_latents is not None:
+            raise ValueError("give init_images (pixels) or init_latents (z0), not both")
+        z0 = None
+        if init_images is not None:
+            if init_images.shape != (B, 3, H, W):
+                raise ValueError(f"init_images must be (B={B}, 3, {H}, {W}) in [-1, 1], got {tuple(init_images.shape)}")
+            z0 = self.codec.encode(init_images.to(self._codec_device())).to(device)  # (B, C, h, w), the posterior mean
+        elif init_latents is not None:  # SDEdit on latents, e.g. SDXL's refiner on the base model's output
+            if tuple(init_latents.shape) != shape:
+                raise ValueError(f"init_latents must be z0 of shape {shape} (B, C, h, w), got {tuple(init_latents.shape)}")
+            z0 = init_latents.to(device)
+        model_fn = lambda x, t: guided_eps(self.unet, x, t, cond, uncond, guidance, added, added_uncond)  # noqa: E731
+        if sampler == "euler":
+            timesteps, sigmas = euler.euler_timesteps(self.schedule, steps)  # (N,), (N + 1,)
+            if z0 is None:
+                x = noise * euler.init_noise_sigma(self.schedule, sigmas)
+            else:  # SDEdit in sigma coordinates: x = z0 + sigma_start eps, then the last steps only
+                start = steps - len(img2img_timesteps(self.schedule, steps, strength))
+                timesteps, sigmas = timesteps[start:], sigmas[start:]
+                x = z0 + float(sigmas[0]) * noise
+            return euler.euler_sample(model_fn, x, self.schedule, timesteps, sigmas)  # (B, C, h, w)
+        if z0 is None:
+            timesteps, xt = ddim_timesteps(self.schedule, steps), noise  # DDIM starts from N(0, I)
+        else:
+            timesteps = img2img_timesteps(self.schedule, steps, strength)
+            xt = ddpm.q_sample(z0, timesteps[0], noise, self.schedule.alpha_bar)  # SDEdit: noise to t_start
+        return ddim_sample(model_fn, xt, self.schedule, steps, timesteps, eta, generator)  # (B, C, h, w)
+
+    def generate(self, prompts: list[str], *, steps: int = 50, guidance: float = 1.0, seed: int = 0,
+                 negative_prompts: list[str] | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
+                 init_images: np.ndarray | torch.Tensor | None = None, strength: float = 1.0, sampler: str | None = None,
+                 size: tuple[int, int] | None = None, init_latents: torch.Tensor | None = None,
+                 **conditioning) -> np.ndarray:
+        """Images for prompts: text-to-image, or image-to-image (SDEdit) when `init_images` is given.
+
+        Args:
+            prompts: B strings, one image each.
+            steps: sampler steps of the full chain (img2img runs the last int(steps * strength) of them).
+            guidance: classifier-free guidance scale w >= 1 (1: no guidance, one forward per step).
+            seed: seeds a fresh torch.Generator for this call: the same seed gives the same images.
+            negative_prompts: B strings that replace the empty prompt as the unconditional branch.
+            eta: DDIM noise, 0 (deterministic) ... 1; DDIM only.
+            latents: (B, C, h, w) starting noise instead of drawing it from the seed.
+            init_images: img2img: uint8 (B, H, W, 3) or float (B, 3, H, W) in [-1, 1].
+            strength: img2img: how far to noise the init images, in (0, 1].
+            sampler: "ddim" or "euler" (`course.diffusion.euler`); default the pipeline's own.
+            size: (H, W) of the images, multiples of the VAE's factor (an aspect-ratio bucket);
+                default (image_size, image_size). The U-Net is convolutional: any size runs, and
+                how well it works depends on the sizes it was trained at.
+            init_latents: img2img from latents z0 (B, C, h, w) instead of images (a refiner's input).
+            **conditioning: extra keywords of a subclass's `conditioning` (SDXL's sizes and crop).
+
+        Returns:
+            uint8 (B, H, W, 3).
+
+        Ref: Rombach et al. 2022 (LDM), Sec. 3.3; Ho & Salimans 2022 (CFG); Song et al. 2021 (DDIM);
+        Karras et al. 2022 (Euler); Meng et al. 2022 (SDEdit).
+        """
+        from course.world import shapes
+
+        if isinstance(init_images, np.ndarray):
+            init_images = shapes.to_tensor(init_images)  # (B, 3, H, W) in [-1, 1]
+        x0 = self.sample(prompts, steps=steps, guidance=guidance, seed=seed, negative_prompts=negative_prompts,
+                         eta=eta, latents=latents, init_images=init_images, strength=strength, sampler=sampler,
+                         size=size, init_latents=init_latents, **conditioning)
+        return shapes.to_images(x0)  # (B, H, W, 3) uint8

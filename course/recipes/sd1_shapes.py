@@ -1,0 +1,255 @@
+"""Chapter 04: a mini Stable Diffusion 1.x on Shapes (`sd1-shapes`): its recipe, evaluation and pipeline.
+
+Stable Diffusion 1.x is three frozen-or-trained parts and a sampler (Rombach et al. 2022, Sec. 3.3):
+
+    prompt --CLIP tokenizer--> ids (B, T) --CLIP text encoder--> cond (B, T, D)   (last hidden state)
+    noise (B, 4, h, w) --U-Net(xt, t, cond), guided DDIM--> z0 --VAE decoder--> image (B, 3, 8h, 8w)
+
+`sd1-shapes` is the same recipe at Shapes scale: the U-Net of preset "shapes-latent" (cross-
+attention width 64 = the text width of `clip-shapes`), the frozen text tower of `clip-shapes`
+(per-token states, 32 tokens instead of 77 x 768), and the frozen `vae-shapes` (64x64x3 <-> 8x8x4,
+per-channel normalised latents, which play the role of SD's scaling factor 0.18215). Only the
+U-Net trains, on SD's scaled-linear schedule (beta 0.00085 -> 0.012, T = 1000), with
+v-prediction (Salimans & Ho 2022; SD 2.x's "768-v" models) rather than SD 1.x's eps-prediction:
+in a measured pilot (1500 steps, same U-Net and data) v scored 0.35 full match on one-object
+prompts where eps scored 0.10 (eps weights the x0 error by SNR, which is ~0.005 at the noisiest
+steps where the layout is decided; v weights it by SNR + 1). 10% of the captions replaced by the
+empty prompt so that one network learns both the conditional and the unconditional model that classifier-free guidance needs, EMA of the weights.
+
+The shipped checkpoint holds the U-Net only; its config names the text encoder and VAE
+checkpoints with their sha256, and loading refuses parts that changed since.
+
+The prompt encoder and the loader of real SD 1.x / 2.x folders are in `course.pipelines.sd1`.
+
+Shape letters: B batch, C latent channels, h, w latent size, T tokens, D text width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from course.diffusion import ddpm
+from course.nn.unet import UNet, UNetConfig, get_preset
+from course.pipelines.base import TextToImage
+from course.pipelines.sd1 import PromptEncoder, prompt_encoder_from_clip
+from course.world import shapes
+from course.zoo import Trained
+
+
+class SD1Shapes(nn.Module):
+    """The assembled sd1-shapes: the trained U-Net and the frozen text encoder and codec."""
+
+    def __init__(self, unet: UNet, text_encoder: PromptEncoder, codec: nn.Module, schedule: ddpm.Schedule):
+        super().__init__()
+        if unet.config.cross_attention_dim != text_encoder.width:
+            raise ValueError(f"the U-Net's cross_attention_dim {unet.config.cross_attention_dim} must equal the text "
+                             f"width {text_encoder.width}")
+        self.unet, self.text_encoder, self.codec, self.schedule = unet, text_encoder, codec, schedule
+
+    def pipeline(self) -> TextToImage:
+        return TextToImage(self.unet.eval(), self.text_encoder, self.codec, self.schedule, image_size=shapes.IMAGE_SIZE)
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+SD1_SHAPES_UNET = get_preset("shapes-latent")  # 3.2 M parameters; cross_attention_dim 64 = clip-shapes' text width
+# SD 1.x's scaled-linear betas (T = 1000, DDIM "leading" + offset 1), read as v-prediction as SD 2.x does
+SCHEDULE = dataclasses.replace(ddpm.SCHEDULES["sd_scaled_linear"], prediction_type="v_prediction")
+SD1_SHAPES_STEPS = 9000  # ~55-65 min at ~0.36-0.45 s/step (batch 64, 2-core CPU): the quality targets need more than 30
+BATCH_SIZE = 64
+CAPTION_DROPOUT = 0.1  # share of captions replaced by "" during training: the unconditional model for CFG
+BANK_SIZE = 32_768  # scenes whose latents are encoded once by the frozen VAE and reused
+BANK_SEED = 777  # the bank's scenes; never the held-out seed
+HELD_OUT_SEED = 424_242  # evaluation prompts (the scenes of `course.recipes.vae_shapes`'s held-out set)
+EVAL_STEPS = 25  # DDIM steps of the evaluation (≤ 50; 25 keeps the full evaluation near 3 min on one thread)
+EVAL_GUIDANCES = (1.0, 3.0, 5.0, 7.5)
+TEXT_ENCODER, VAE = "clip-shapes", "vae-shapes"  # the frozen parts, by checkpoint name
+
+
+def latent_bank(codec: nn.Module, n: int = BANK_SIZE, seed: int = BANK_SEED, cache: Path | None = None):
+    """(scenes, z0 (n, C, h, w)): n Shapes scenes and their normalised latents (posterior means).
+
+    Encoding once and reusing the latents moves the VAE encoder out of the training step; with
+    `cache` the latents are stored there and reused by a resumed run (keyed by n, seed and a
+    fingerprint of the codec's weights).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from course.recipes.vae_shapes import encode_scenes
+
+    scenes = shapes.sample_scenes(n, seed)
+    key = f"{n}:{seed}:{_fingerprint(codec)}"
+    if cache is not None and Path(cache).is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(cache), "pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                return scenes, load_file(str(cache))["z0"]
+    z0 = encode_scenes(codec, scenes)  # (n, C, h, w)
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        save_file({"z0": z0.contiguous()}, str(cache), metadata={"key": key})
+    return scenes, z0
+
+
+def _fingerprint(module: nn.Module) -> str:
+    tensors = [*module.state_dict().values(), *module.buffers()]  # buffers too: LatentCodec's shift/scale are not saved
+    total = sum(float(p.double().abs().sum()) for p in tensors if p.is_floating_point())
+    return f"{total:.10e}"
+
+
+def make_batch_fn(scenes: list[shapes.Scene], z0: torch.Tensor, text_encoder: PromptEncoder,
+                  caption_dropout: float = CAPTION_DROPOUT):
+    """The recipe's `batch_fn(step, batch_size, generator) -> (z0 (B, C, h, w), cond (B, T, D))`.
+
+    Each step draws B bank entries, a random paraphrase of each scene's caption, and replaces a
+    `caption_dropout` share of the captions by "" (Ho & Salimans 2022, Algorithm 1: p_uncond).
+    """
+    def batch_fn(step: int, batch_size: int, generator: torch.Generator):
+        idx = torch.randint(0, len(scenes), (batch_size,), generator=generator)  # (B,)
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        drop = torch.rand(batch_size, generator=generator) < caption_dropout  # (B,)
+        captions = ["" if d else shapes.caption(scenes[i], rng) for i, d in zip(idx.tolist(), drop.tolist())]
+        return z0[idx], text_encoder(captions)  # (B, C, h, w), (B, T, D)
+    return batch_fn
+
+
+def sd1_loss(unet: UNet, batch, generator: torch.Generator, schedule: ddpm.Schedule = SCHEDULE) -> torch.Tensor:
+    """The diffusion loss on latents: t ~ U{0 .. T-1}, eps ~ N(0, I), xt = q_sample(z0, t, eps), then
+    || v - v_theta(xt, t, cond) ||^2 (schedule.prediction_type "v_prediction") or
+    || eps - eps_theta(xt, t, cond) ||^2 ("epsilon", SD 1.x).
+
+    Ref: Ho et al. 2020, Eq. 14; Salimans & Ho 2022, Sec. 4 (v); Rombach et al. 2022, Eq. 2 (on latents, with cond).
+    """
+    z0, cond = batch
+    t = torch.randint(0, schedule.num_train_timesteps, (z0.shape[0],), generator=generator).to(z0.device)  # (B,)
+    eps = torch.randn(z0.shape, generator=generator).to(z0.device)  # (B, C, h, w)
+    losses = {"epsilon": ddpm.eps_loss, "v_prediction": ddpm.v_loss}
+    if schedule.prediction_type not in losses:
+        raise ValueError(f"sd1_loss trains {tuple(losses)} models, not {schedule.prediction_type!r}")
+    loss = losses[schedule.prediction_type]
+    return loss(lambda xt, t_: unet(xt, t_, cond), z0, t, eps, schedule.alpha_bar.to(z0.device))
+
+
+def _frozen_parts():
+    """The shipped clip-shapes text tower and vae-shapes codec, frozen, and their manifest entries."""
+    from course import checkpoints
+    from course.nn.codec import load_codec_from
+    from course.recipes.clip_shapes import load_clip_shapes_from
+
+    parts = []
+    for name, loader in ((TEXT_ENCODER, load_clip_shapes_from), (VAE, load_codec_from)):
+        tensors, entry = checkpoints.load_checkpoint(name)
+        parts.append((loader(tensors, entry["config"]).eval().requires_grad_(False), entry))
+    (clip, clip_entry), (codec, vae_entry) = parts
+    return prompt_encoder_from_clip(clip), codec, {TEXT_ENCODER: clip_entry["sha256"], VAE: vae_entry["sha256"]}
+
+
+def sd1_config(unet_config: UNetConfig, parts_sha: dict[str, str]) -> dict:
+    """What the checkpoint's config holds: the U-Net, the schedule, and the frozen parts by name and sha256."""
+    return {"unet": asdict(unet_config), "schedule": asdict(SCHEDULE), "parts": parts_sha,
+            "caption_dropout": CAPTION_DROPOUT}
+
+
+def train_sd1_shapes(steps: int | None, run_dir: Path, fresh: bool, progress: bool) -> Trained:
+    """Train the sd1-shapes U-Net on frozen clip-shapes text states and vae-shapes latents (zoo train contract).
+
+    Trained.model is the EMA U-Net (what is shipped); `evaluate_sd1_shapes` assembles it with the
+    shipped frozen parts.
+    """
+    from course.train import TrainConfig, fit
+
+    torch.manual_seed(0)
+    text_encoder, codec, parts = _frozen_parts()
+    t0 = time.perf_counter()
+    scenes, z0 = latent_bank(codec, cache=Path(run_dir) / "latent_bank.safetensors")
+    bank_s = time.perf_counter() - t0
+    unet = UNet(SD1_SHAPES_UNET)
+    steps = steps or SD1_SHAPES_STEPS
+    config = TrainConfig(steps=steps, batch_size=BATCH_SIZE, lr=5e-4, weight_decay=0.0, warmup_steps=min(200, steps // 10),
+                         schedule="cosine", ema_decay=0.999, checkpoint_every=250, log_every=50)
+    result = fit(unet, sd1_loss, make_batch_fn(scenes, z0, text_encoder), config, run_dir, resume=not fresh, progress=progress)
+    notes = (f"{result.step} steps at batch {BATCH_SIZE} (~{result.wall_time_s / 60:.0f} min on a 2-core CPU), "
+             f"latent bank of {len(scenes)} scenes encoded in {bank_s:.0f} s; frozen {TEXT_ENCODER} and {VAE}.")
+    return Trained(model=(result.ema if result.ema is not None else result.model).eval(),
+                   config=sd1_config(SD1_SHAPES_UNET, parts), wall_time_s=result.wall_time_s,
+                   steps=result.step, interrupted=result.interrupted, notes=notes)
+
+
+def _unet_config(d: dict) -> UNetConfig:
+    return UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def check_parts(model: str, trained_on: dict[str, str], shipped: dict[str, str]) -> None:
+    """Refuse frozen parts (by checkpoint name -> sha256) that changed since `model` was trained on them."""
+    for name, sha in trained_on.items():
+        if shipped.get(name) != sha:
+            raise ValueError(f"{model} was trained on {name} with sha256 {sha[:12]}..., but the shipped {name} is "
+                             f"{str(shipped.get(name))[:12]}...: retrain with `python -m course train {model} --ship`")
+
+
+def load_sd1_shapes_from(tensors: dict[str, torch.Tensor], config: dict) -> SD1Shapes:
+    """Rebuild sd1-shapes from its U-Net tensors and config, with the shipped frozen parts (zoo load contract).
+
+    Raises:
+        ValueError: the shipped clip-shapes or vae-shapes is not the one this U-Net was trained on.
+    """
+    from course import checkpoints
+
+    unet = UNet(_unet_config(config["unet"]))
+    checkpoints.load_into(unet, tensors, source="sd1-shapes")
+    text_encoder, codec, parts = _frozen_parts()
+    check_parts("sd1-shapes", config.get("parts", {}), parts)
+    schedule = ddpm.Schedule(**config["schedule"]) if "schedule" in config else SCHEDULE
+    return SD1Shapes(unet.eval(), text_encoder, codec, schedule)
+
+
+def sd1_shapes_pipeline(model: SD1Shapes, config: dict) -> TextToImage:
+    """The zoo's pipeline hook: `course.pipelines.base.load("sd1-shapes").generate(prompts, ...)`."""
+    return model.pipeline()
+
+
+def _assembled(model: nn.Module) -> SD1Shapes:
+    if isinstance(model, SD1Shapes):
+        return model
+    if isinstance(model, UNet):  # what the training recipe returns: add the shipped frozen parts
+        text_encoder, codec, _ = _frozen_parts()
+        device = next(model.parameters()).device
+        return SD1Shapes(model.eval(), text_encoder.to(device), codec.to(device), SCHEDULE)
+    raise TypeError(f"expected an SD1Shapes or its UNet, got {type(model).__name__}")
+
+
+@torch.no_grad()
+def evaluate_sd1_shapes(model: nn.Module, quick: bool = False, *, batch_size: int = 128) -> dict[str, float]:
+    """ShapesEval full match of generated images on held-out canonical prompts, per guidance scale.
+
+    For each w in EVAL_GUIDANCES, one image per prompt (256 prompts, EVAL_STEPS DDIM steps; quick:
+    16 prompts, 10 steps), scored overall and on the one- and two-object prompts.
+
+    Returns:
+        {"shapes_eval_full_match_w3": ..., "..._one_object_w3": ..., "..._two_objects_w3": ..., ...}.
+    """
+    from course.world import metrics
+
+    pipe = _assembled(model).pipeline()
+    n, steps = (16, 10) if quick else (256, EVAL_STEPS)
+    prompts = [shapes.caption(s) for s in shapes.sample_scenes(n, HELD_OUT_SEED)]
+    out: dict[str, float] = {"held_out_prompts": n, "ddim_steps": steps}
+    for w in EVAL_GUIDANCES:
+        images = np.concatenate([pipe.generate(prompts[i : i + batch_size], steps=steps, guidance=w, seed=i)
+                                 for i in range(0, n, batch_size)])  # (n, 64, 64, 3) uint8
+        report = metrics.shapes_eval(images, prompts)
+        by = report.by_objects()
+        tag = f"w{w:g}"
+        out[f"shapes_eval_full_match_{tag}"] = round(report.full_match, 4)
+        out[f"shapes_eval_full_match_one_object_{tag}"] = round(by[1].full_match, 4) if 1 in by else math.nan
+        out[f"shapes_eval_full_match_two_objects_{tag}"] = round(by[2].full_match, 4) if 2 in by else math.nan
+    return out
