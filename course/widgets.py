@@ -7,11 +7,15 @@ A chapter writes the picture as a pure function of a few settings and hands it t
 
     explore(noise_panel, t=Slider(0, 999, 1, 250), schedule=Choice(("linear", "cosine")))
 
-In a Jupyter or Colab kernel with ipywidgets this shows sliders and menus that redraw the
-figure. Elsewhere (plain Python, no ipywidgets, or the environment variable
-COURSE_STATIC_WIDGETS=1, which nbval runs set) it returns one static Figure: a grid of panels
-sweeping a few values, so the notebook still shows what the explorer is about. Tests call the
-pure function, and `render_static`, directly.
+Every explorer first leaves a static Figure, a grid of panels sweeping a few values, as an
+ordinary image output: a saved or exported notebook (nbconvert, GitHub's viewer, HTML) keeps
+it, where a live widget saves only its model. In a Jupyter or Colab kernel with ipywidgets the
+sliders and menus that redraw the figure follow it. Elsewhere (plain Python, no ipywidgets, or
+the environment variable COURSE_STATIC_WIDGETS=1, which nbval runs set) the static Figure is
+all `explore` returns. Tests call the pure function, and `render_static`, directly.
+
+`image_grid` draws captioned image grids for every chapter: captions wrapped to the width of
+their panel, so they never overlap.
 
 Controls are small frozen dataclasses that validate themselves: `Slider`, `Choice`, `Toggle`.
 Chapters add their explorers (noise level, schedule, guidance scale, steps, SDXL conditioning,
@@ -36,7 +40,9 @@ from matplotlib.figure import Figure
 
 STATIC_ENV = "COURSE_STATIC_WIDGETS"  # set to 1 to force the static figure
 MAX_PANELS = 16  # a static sweep larger than this is refused: it would be unreadable
-PANEL_INCHES = 3.0  # width and height of one panel of the static grid
+PANEL_INCHES = 3.0  # the longer side of one panel of the static grid, at least
+DPI = 100  # figures here are drawn at 100 dots per inch: a rendered panel keeps its own size
+MAX_WIDTH_INCHES = 16.0  # a static grid wider than this is scaled down to fit a notebook's column
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,15 +266,111 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-class SweepFigure(Figure):
-    """The static figure: a plain matplotlib Figure that a notebook shows as a PNG by itself.
+class StaticFigure(Figure):
+    """A plain matplotlib Figure that a notebook shows as a PNG by itself.
 
-    Not attached to pyplot (nothing to close), and drawn with Agg, so it shows as an image even
-    where no inline backend registered a formatter for Figures (a kernel without %matplotlib).
+    Not attached to pyplot (nothing to close, never shown twice), and drawn with Agg, so it
+    shows as an image even where no inline backend registered a formatter for Figures.
     """
 
     def _repr_png_(self) -> bytes:
         return _png(self)
+
+
+class SweepFigure(StaticFigure):
+    """The static stand-in for an explorer (see `render_static`)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# captioned image grids
+# ---------------------------------------------------------------------------------------------
+
+
+def wrap_caption(text: str, width_inches: float, fontsize: float) -> str:
+    """`text` broken into lines that fit `width_inches` at `fontsize` points (about 0.55 em a character)."""
+    import textwrap
+
+    chars = max(6, int(width_inches * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.wrap(str(text), chars, break_long_words=False)) or ""
+
+
+def _as_rows(images: Any, ncols: int | None) -> list[list[np.ndarray]]:
+    if isinstance(images, np.ndarray) and images.ndim in (2, 3) and (images.ndim == 2 or images.shape[-1] in (3, 4)):
+        images = [images]  # one image
+    items = list(images)
+    if items and (isinstance(items[0], (list, tuple)) or (isinstance(items[0], np.ndarray) and items[0].ndim == 4)):
+        return [[to_image(np.asarray(im)) for im in row] for row in items]  # already rows
+    flat = [to_image(np.asarray(im) if not isinstance(im, Figure) else im) for im in items]
+    ncols = ncols or min(len(flat), 8)
+    return [flat[i:i + ncols] for i in range(0, len(flat), ncols)]
+
+
+def image_grid(images: Any, titles: Sequence[str] | None = None, *, ncols: int | None = None,
+               row_titles: Sequence[str] | None = None, col_titles: Sequence[str] | None = None,
+               suptitle: str | None = None, panel_inches: float = 1.6, fontsize: float = 7,
+               cmap: str | None = None) -> Figure:
+    """A grid of images with captions that cannot overlap: every chapter's image grid.
+
+    Args:
+        images: (N, H, W, C) uint8 array or a list of images (each (H, W), (H, W, 3) or (H, W, 4),
+            uint8 or float in [0, 1], or a Figure), laid out `ncols` to a row; or a list of rows
+            (each a list or an (N, H, W, C) array).
+        titles: one caption per image, row by row; wrapped to the panel's width.
+        ncols: panels per row for a flat list (default: all, at most 8).
+        row_titles: one label per row, left of it.
+        col_titles: one caption per column, above the first row (wrapped like `titles`).
+        suptitle: a title for the whole grid, wrapped to its width.
+        panel_inches: the longer side of a panel; the other follows the image's aspect ratio.
+        fontsize: of the captions (the row labels and suptitle are one point larger).
+        cmap: for single-channel images (default grey).
+
+    Returns:
+        A `StaticFigure` (constrained layout), shown as a PNG when it ends a notebook cell.
+    """
+    rows = _as_rows(images, ncols)
+    nrows, ncols = len(rows), max(len(r) for r in rows)
+    h, w = rows[0][0].shape[:2]
+    pw, ph = (panel_inches, panel_inches * h / w) if w >= h else (panel_inches * w / h, panel_inches)
+    flat_titles = list(titles) if titles is not None else []
+    lines = 0
+    wrapped = []
+    for text in flat_titles:
+        wrapped.append(wrap_caption(text, pw, fontsize))
+        lines = max(lines, wrapped[-1].count("\n") + 1)
+    cols = [wrap_caption(c, pw, fontsize) for c in col_titles] if col_titles is not None else []
+    col_lines = max((c.count("\n") + 1 for c in cols), default=0)
+    text_h = (lines + 0.4) * fontsize * 1.25 / 72 if lines else 0.05
+    top = (col_lines + 0.4) * fontsize * 1.25 / 72 if col_lines else 0.0
+    left = 0.35 if row_titles is not None else 0.0
+    width = ncols * pw + left
+    sup_lines = wrap_caption(suptitle, width, fontsize + 1) if suptitle else ""
+    height = nrows * (ph + text_h) + top + (sup_lines.count("\n") + 1.4) * (fontsize + 1) * 1.25 / 72 * bool(suptitle)
+    fig = StaticFigure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.02)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    k = 0
+    for r in range(nrows):
+        for c in range(ncols):
+            ax = axes[r][c]
+            ax.set_xticks([]), ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c >= len(rows[r]):
+                ax.set_axis_off()
+                continue
+            image = rows[r][c]
+            ax.imshow(image, cmap=(cmap or "gray") if image.ndim == 2 else None, interpolation="nearest")
+            caption = wrapped[k] if k < len(wrapped) else ""
+            if r == 0 and cols:
+                caption = cols[c] + ("\n" + caption if caption else "")
+            if caption:
+                ax.set_title(caption, fontsize=fontsize, pad=2)
+            k += 1
+        if row_titles is not None:
+            axes[r][0].set_ylabel(row_titles[r], fontsize=fontsize + 1)
+    if suptitle:
+        fig.suptitle(sup_lines, fontsize=fontsize + 1)
+    return fig
 
 
 def _title(values: dict[str, Any], swept: Sequence[str]) -> str:
@@ -300,14 +402,22 @@ def render_static(fn: Callable, controls: dict[str, Any], static: dict[str, Sequ
     else:
         ncols = min(len(panels), 4)
         nrows = math.ceil(len(panels) / ncols)
-    fig = SweepFigure(figsize=(PANEL_INCHES * ncols, PANEL_INCHES * nrows + 0.3), layout="constrained")
-    for i, values in enumerate(panels):
+    images = [to_image(fn(**values)) for values in panels]
+    # each panel at the size it was drawn (a rendered Figure keeps its own inches), at least
+    # PANEL_INCHES on its longer side, and the grid no wider than a notebook's column
+    h, w = max(im.shape[0] for im in images), max(im.shape[1] for im in images)
+    scale = max(PANEL_INCHES * DPI / max(h, w), 1.0)
+    scale = min(scale, MAX_WIDTH_INCHES * DPI / (w * ncols))
+    pw, ph = w * scale / DPI, h * scale / DPI
+    fig = SweepFigure(figsize=(pw * ncols, (ph + 0.25) * nrows + 0.35), dpi=DPI, layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.01, hspace=0.01)
+    for i, (values, image) in enumerate(zip(panels, images)):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        image = to_image(fn(**values))
-        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
-        ax.set_title(_title(values, swept), fontsize=9)
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest" if scale >= 1 else "antialiased")
+        ax.set_title(_title(values, swept), fontsize=10)
         ax.set_axis_off()
-    fig.suptitle(getattr(fn, "__name__", "explorer").replace("_", " "), fontsize=10)
+    fig.suptitle("static view of the explorer " + getattr(fn, "__name__", "explorer").replace("_", " ")
+                 + ": " + ", ".join(swept) + " swept", fontsize=10)
     return fig
 
 
@@ -341,10 +451,11 @@ def build_widget(fn: Callable, controls: dict[str, Any]) -> Any:
 
 
 def explore(fn: Callable, *, static: dict[str, list] | None = None, **controls: Any) -> Any:
-    """Explore `fn` with widgets, or draw a static sweep of it where there is no widget front end.
+    """A static sweep of `fn`, then, where there is a widget front end, live widgets on it.
 
-    Make `explore(...)` the last line of its cell: the notebook then shows what it returns,
-    the live widget or the static figure (displaying it here as well would show it twice).
+    Make `explore(...)` the last line of its cell. Inside a widget front end it displays the
+    static figure (an ordinary image output that a saved notebook keeps) and returns the live
+    widget, which the cell then shows below it; elsewhere it returns the static figure.
 
     Args:
         fn: fn(**values) -> matplotlib Figure or numpy image (H, W, 3) uint8; a pure function.
@@ -353,12 +464,16 @@ def explore(fn: Callable, *, static: dict[str, list] | None = None, **controls: 
         **controls: name -> Slider / Choice / Toggle; the names are fn's keyword arguments.
 
     Returns:
-        The ipywidgets `interactive` inside a widget front end (see `in_widget_frontend`),
-        else the static matplotlib Figure.
+        The ipywidgets `interactive` inside a widget front end (see `in_widget_frontend`), after
+        displaying the static figure; else the static matplotlib Figure.
     """
     _validate(fn, controls)
     if static is not None:
         sweep_values(controls, static)  # refuse a bad sweep in both modes, so nbval catches it
+    figure = render_static(fn, controls, static)
     if in_widget_frontend():
+        from IPython.display import display
+
+        display(figure)  # first: the static figure stays in the saved notebook
         return build_widget(fn, controls)
-    return render_static(fn, controls, static)
+    return figure

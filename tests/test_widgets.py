@@ -155,3 +155,56 @@ def test_widget_front_builds_matching_widgets():
     assert isinstance(controls["flip"], ipywidgets.Checkbox) and controls["flip"].value is False
     assert isinstance(build_widget(curve_figure, {"scale": Slider(0.5, 2.0, 0.5, 1.0)}).kwargs_widgets[0],
                       ipywidgets.FloatSlider)
+
+
+def test_explore_in_a_widget_frontend_leaves_the_static_figure_first(monkeypatch):
+    pytest.importorskip("ipywidgets")
+    import IPython.display
+
+    import course.widgets as widgets
+
+    shown = []
+    monkeypatch.setattr(widgets, "in_widget_frontend", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    widget = explore(noise_image, static={"t": [0, 999]}, **CONTROLS)
+    import ipywidgets
+
+    assert isinstance(widget, ipywidgets.interactive)  # the live widget comes back, to show below
+    figure = shown[0]  # the static sweep was displayed first, as an ordinary image (then the widget's own draw)
+    assert isinstance(figure, Figure) and len(panel_axes(figure)) == 2
+    assert figure._repr_png_().startswith(b"\x89PNG")
+
+
+def test_static_panels_keep_the_size_they_were_drawn_at():
+    def wide(scale: float) -> Figure:
+        fig = Figure(figsize=(8, 2))
+        fig.subplots().plot([0, scale])
+        return fig
+
+    fig = render_static(wide, {"scale": Slider(0.0, 2.0, 1.0, 1.0)})
+    width, height = fig.get_size_inches()
+    assert width >= 12 and height < width / 3  # three 8x2-inch panels side by side, not squeezed into squares
+
+
+def _overlaps(fig) -> list:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+    boxes += [ax.get_window_extent(renderer) for ax in fig.axes if ax.get_images()]
+    return [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b) and
+            a.intersection(a, b).width > 1 and a.intersection(a, b).height > 1]
+
+
+def test_image_grid_captions_wrap_and_never_overlap():
+    from course.widgets import image_grid
+
+    images = np.zeros((6, 64, 64, 3), dtype=np.uint8)
+    long = "a large yellow circle at the top and a large red square on the right"
+    fig = image_grid(images, [long] * 6, ncols=3, suptitle="one seed, six prompts")
+    assert len(panel_axes(fig)) == 6 and "\n" in panel_axes(fig)[0].get_title()
+    assert not _overlaps(fig)
+    rows = image_grid([images[:4], images[:4]], row_titles=["w = 1", "w = 3"], col_titles=[long] * 4)
+    assert len(panel_axes(rows)) == 8 and not _overlaps(rows)
+    assert rows.axes[4].get_ylabel() == "w = 3"

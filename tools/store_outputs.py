@@ -6,26 +6,26 @@ Cells marked `# NBVAL_IGNORE_OUTPUT` (figures, timings, machine-dependent text) 
 empty; other cells keep their text outputs, with images dropped. Execution counts stay: nbval
 treats a cell without one as never run.
 The notebook runs as nbval runs it: in a fresh kernel, from the notebooks folder, with
-COURSE_STATIC_WIDGETS=1. Prints each notebook's wall time.
+COURSE_STATIC_WIDGETS=1, through `figure_check.execute`: a cell that raised, or that drew a
+figure and shows no image, stops the refresh (nothing is written). Prints each notebook's wall
+time.
 """
 
-import os
 import sys
-import time
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figure_check import execute  # noqa: E402
 
 KEEP = {"text/plain", "text/markdown", "text/html"}
 
 
 def store(path: Path) -> float:
-    nb = nbformat.read(path, as_version=4)
-    os.environ["COURSE_STATIC_WIDGETS"] = "1"
-    start = time.perf_counter()
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    seconds = time.perf_counter() - start
+    nb, problems, seconds = execute(path)
+    if problems:
+        raise RuntimeError(f"{path}: outputs not stored:\n  " + "\n  ".join(problems))
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -38,8 +38,6 @@ def store(path: Path) -> float:
                 out.data = {k: v for k, v in out.data.items() if k in KEEP}
                 if not out.data:
                     continue
-            if out.output_type == "error":
-                raise RuntimeError(f"{path}: a cell raised {out.ename}: {out.evalue}")
             kept.append(out)
         cell.outputs = kept
     nb.metadata.pop("widgets", None)
