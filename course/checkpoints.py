@@ -73,14 +73,19 @@ def describe_machine() -> str:
     return text
 
 
+_SHARD_RE = re.compile(r"-\d{5}-of-\d{5}$")
+
+
 def _how_to_restore(path: Path, command: str | None = None) -> str:
     """What to run to get `path` back: git for shipped files, else the command that made it."""
     path = Path(path).resolve()
     if path.parent == CHECKPOINT_DIR.resolve():
         rel = path.relative_to(REPO_ROOT)
+        model = _SHARD_RE.sub("", path.stem)  # a shard is retrained as its whole model
+        retrain = command if command and command.endswith("--ship") else f"python -m course train {model} --ship"
         return (
             f"restore it with `git checkout -- {rel.as_posix()}` (or re-download the course), "
-            f"or retrain it with `python -m course train {path.stem} --ship`"
+            f"or retrain it with `{retrain}`"
         )
     if command:
         return f"restore it from where it came from, or retrain it with `{command}`"
@@ -431,6 +436,32 @@ def load_checkpoint(name: str | None = None, path: str | Path | None = None, *,
     tensors = load_tensors(path)
     config = json.loads(header["config"]) if "config" in header else {}
     return tensors, {"file": path.name, "config": config, "command": header.get("command", "")}
+
+
+def identify(tensors: dict[str, torch.Tensor], entry: dict,
+             manifest: str | Path = MANIFEST_PATH) -> tuple[list[str], str]:
+    """Which zoo model a checkpoint holds: (candidate names, how that was found).
+
+    The training command in its metadata ("python -m course train NAME ...") names it; without one,
+    the shipped checkpoints whose tensor names and shapes equal the file's are the candidates (the
+    models of one family share them). ([], "") when nothing says.
+    """
+    found = re.search(r"course train (\S+)", entry.get("command") or "")
+    if found:
+        return [found.group(1)], f"its metadata says it was made by `{entry['command']}`"
+    shapes, root = {k: list(v.shape) for k, v in tensors.items()}, Path(manifest).parent
+    matches = []
+    for name, shipped in sorted(read_manifest(manifest).items()):
+        theirs: dict[str, list[int]] = {}
+        try:
+            for file, _, _ in _entry_files(shipped, root, name):
+                with safe_open(str(file), framework="pt") as f:
+                    theirs.update({k: list(f.get_slice(k).get_shape()) for k in f.keys()})
+        except (SafetensorError, OSError):
+            continue
+        if theirs == shapes:
+            matches.append(name)
+    return matches, (f"its tensors are those of the shipped {' / '.join(matches)}" if matches else "")
 
 
 def verify_all(manifest: str | Path = MANIFEST_PATH) -> list[tuple[str, bool, str]]:

@@ -75,13 +75,47 @@ def check_data_wheels() -> list[Finding]:
     return findings
 
 
-def check_device() -> list[Finding]:
+def device_problem(choice: str | None = None):
+    """(problem, fix, device): why `choice` (default COURSE_DEVICE, else the automatic pick) cannot run here.
+
+    problem and fix are None when a tensor can be made on the device; device is None when the name
+    is not one torch knows.
+    """
+    import os
+
+    import torch
+
     from course.runtime import pick_device
 
-    device = pick_device()
-    if device.type == "cpu":
-        import torch
+    env = os.environ.get("COURSE_DEVICE")
+    source = f"--device {choice}" if choice is not None else f"COURSE_DEVICE={env}" if env else "the automatic pick"
+    fix = ("unset COURSE_DEVICE (the course then picks CUDA, MPS or the CPU), or set it to cpu" if choice is None
+           else "pass --device cpu, or leave --device out (the course then picks CUDA, MPS or the CPU)")
+    try:
+        device = pick_device(choice)
+    except (RuntimeError, ValueError):
+        return f"{source} is not a device torch knows (cpu, cuda, cuda:N, mps, ...)", fix, None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "is a CPU-only build" if torch.version.cuda is None else "sees no CUDA GPU"
+        return (f"{source}, but this torch ({torch.__version__}) {build}",
+                f"{fix}; or, on a machine with an NVIDIA GPU, install a CUDA build of torch==2.13.0 (see pytorch.org)",
+                device)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return f"{source}, but MPS (Apple's GPU) is not available here", fix, device
+    try:
+        torch.zeros(1, device=device)
+    except (RuntimeError, AssertionError) as err:
+        return f"{source}: torch cannot use {device} ({str(err).splitlines()[0]})", fix, device
+    return None, None, device
 
+
+def check_device() -> list[Finding]:
+    import torch
+
+    problem, fix, device = device_problem()
+    if problem:
+        return [Finding("fail", f"device: {problem}", fix)]
+    if device.type == "cpu":
         return [Finding("warn", f"device: CPU ({torch.get_num_threads()} threads); every chapter runs on it within its budget", "nothing to fix; a GPU only makes training faster")]
     return [Finding("ok", f"device: {device}")]
 
@@ -99,16 +133,47 @@ def check_fashion_mnist() -> list[Finding]:
 
 
 def check_checkpoints() -> list[Finding]:
-    from course import checkpoints
+    from course import checkpoints, zoo
 
+    if not paths.MANIFEST_PATH.is_file():
+        shipped = sorted(p.name for p in paths.CHECKPOINT_DIR.glob("*.safetensors"))
+        return [Finding("fail", f"{paths.MANIFEST_PATH.relative_to(paths.REPO_ROOT)} is missing"
+                        + (f" ({len(shipped)} checkpoint files are there, unlisted)" if shipped else ""),
+                        "git checkout -- data/checkpoints/MANIFEST.json")]
     results = checkpoints.verify_all()
     if not results:
         return [Finding("warn", "no shipped checkpoints listed in data/checkpoints/MANIFEST.json")]
-    return [
+    manifest = checkpoints.read_manifest()
+
+    def retrain(name: str) -> str:
+        return f"python -m course train {name} --ship" if name in zoo.MODELS else "git checkout data/checkpoints"
+
+    findings = [
         Finding("ok", f"checkpoint {name}: sha256 verified") if ok
-        else Finding("fail", f"checkpoint {name}: {message}", f"git checkout data/checkpoints  (or: python -m course train {name} --ship)")
+        else Finding("fail", f"checkpoint {name}: {message}", f"git checkout data/checkpoints  (or: {retrain(name)})")
         for name, ok, message in results
     ]
+    return findings + check_frozen_parts(manifest)
+
+
+def check_frozen_parts(manifest: dict[str, dict]) -> list[Finding]:
+    """Every shipped model that reads other checkpoints (config "parts": name -> sha256) finds them unchanged."""
+    findings = []
+    for name, entry in sorted(manifest.items()):
+        parts = (entry.get("config") or {}).get("parts") or {}
+        if not isinstance(parts, dict) or not parts:
+            continue
+        changed = [part for part, sha in parts.items() if (manifest.get(part) or {}).get("sha256") != sha]
+        if not changed:
+            findings.append(Finding("ok", f"{name}: its frozen parts ({', '.join(parts)}) are the ones it was trained with"))
+            continue
+        detail = "; ".join(f"{part} was {parts[part][:12]}..., is "
+                           f"{str((manifest.get(part) or {}).get('sha256', 'missing'))[:12]}..." for part in changed)
+        findings.append(Finding(
+            "fail", f"{name} no longer loads: it was trained on other {', '.join(changed)} weights than the shipped ({detail})",
+            f"git checkout data/checkpoints  (the {', '.join(changed)} it was trained with), or retrain it on the new "
+            f"ones: python -m course train {name} --ship"))
+    return findings
 
 
 CHECKS = (check_python, check_versions, check_data_wheels, check_device, check_fashion_mnist, check_checkpoints)

@@ -153,25 +153,54 @@ def _student_notebook(notebook: dict, name: str) -> dict:
     return nb
 
 
+def _notebook_text(nb: dict) -> str:
+    """nbformat 4 JSON as Jupyter writes it: indent 1, sorted keys, a trailing newline."""
+    return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def _write_notebook(nb: dict, path: Path) -> None:
-    """Write nbformat 4 JSON as Jupyter does: indent 1, sorted keys, a trailing newline."""
-    path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(_notebook_text(nb), encoding="utf-8")
 
 
-def make_student_edition(src_dir: Path, out_dir: Path) -> list[Path]:
+RECORD = ".student-edition.json"  # in the edition's folder: notebook name -> sha256 of what was written there last
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _backup_path(path: Path) -> Path:
+    """NAME.ipynb.bak, or .bak2, .bak3 ... : a backup never replaces an earlier one."""
+    candidate, n = path.with_name(path.name + ".bak"), 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.bak{n}")
+    return candidate
+
+
+def make_student_edition(src_dir: Path, out_dir: Path, force: bool = False) -> list[Path]:
     """Write the learner's copy of every notebook in `src_dir` to `out_dir`.
 
     All notebooks are checked before any is written, so a malformed one leaves no partial
     edition behind. Only `*.ipynb` files are written; nothing else is copied.
 
+    A learner's work is never lost: `out_dir/.student-edition.json` records what was written
+    there, and a notebook that differs from it (edited since, or not written by this function)
+    is overwritten only with `force`, after a copy to `NAME.ipynb.bak` (`.bak2`, ... if taken).
+
     Args:
         src_dir: the folder of solution notebooks (the course's `notebooks/`).
         out_dir: where to write the copies; created if needed; must not be `src_dir` or inside it.
+        force: overwrite edited notebooks too, each backed up first.
 
     Returns:
         The paths written, in the sorted order of the source notebooks.
 
     Raises:
+        FileExistsError: without `force`, notebooks in out_dir differ from what was written there
+            last (the message names them and the flag that overwrites them with a backup).
         ValueError: out_dir is src_dir or inside it (that would overwrite or mix in the
             solutions), src_dir is not a folder, or a notebook has an unmatched or nested
             marker (the message names the notebook and the cell index).
@@ -188,9 +217,27 @@ def make_student_edition(src_dir: Path, out_dir: Path) -> list[Path]:
     for path in sorted(src_dir.glob("*.ipynb")):
         notebook = json.loads(path.read_text(encoding="utf-8"))
         editions.append((out_dir / path.name, _student_notebook(notebook, path.name)))
+    record_path = out_dir / RECORD
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+    except json.JSONDecodeError:
+        record = {}
+    texts = [(path, _notebook_text(nb)) for path, nb in editions]
+    edited = [path for path, text in texts if path.exists()
+              and _sha(path.read_bytes()) not in (record.get(path.name), _sha(text.encode("utf-8")))]
+    if edited and not force:
+        names = ", ".join(str(p) for p in edited)
+        raise FileExistsError(
+            f"{len(edited)} notebook(s) in {out_dir} differ from what student-edition wrote there last (a learner's "
+            f"edits): {names}. Nothing was written. To replace them anyway, each kept first as NAME.ipynb.bak, add "
+            "--force (in Python: force=True); or write the edition into another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path, nb in editions:
-        _write_notebook(nb, path)
+    for path in edited:
+        path.replace(_backup_path(path))
+    for path, text in texts:
+        path.write_text(text, encoding="utf-8")
+        record[path.name] = _sha(text.encode("utf-8"))
+    record_path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return [path for path, _ in editions]
 
 

@@ -12,10 +12,13 @@ for dropout) from (config.seed, step, process index) and hands it to `batch_fn` 
 device, and a resumed run is bit-identical to an uninterrupted one on the CPU.
 
 Resuming. With `run_dir`, the state is saved every `checkpoint_every` steps, at the end and on
-Ctrl-C, as `run_dir/state.safetensors` (model "model.*", EMA "ema.*", AdamW moments and step
+Ctrl-C or SIGTERM, as `run_dir/state.safetensors` (model "model.*", EMA "ema.*", AdamW moments and step
 counts "optim.<param index>.<name>"; the run's bookkeeping in the header) plus a readable copy
 of the bookkeeping in `run_dir/state.json`. Calling `fit` again with the same `run_dir` resumes;
-a different model or config is refused (use a new run dir, or `resume=False` / `--fresh`).
+a different model or config is refused (use a new run dir, or `resume=False` / `--fresh`), except
+for `steps` (train longer or shorter: the cosine then ends at the new last step), the saving and
+logging intervals, and `warmup_steps` once the run is past both warm-ups. A corrupt state file is
+refused with the same advice.
 
 Determinism. `torch.use_deterministic_algorithms` is not switched on: the CPU kernels this loop
 uses are already deterministic for a fixed thread count (the resume test checks it with
@@ -52,8 +55,21 @@ from course.checkpoints import CheckpointError, load_tensors, read_header, save_
 
 SCHEDULES = ("constant", "cosine")
 # Fields that may change between a run and its resumption without changing what is learned so
-# far: training longer, or saving/logging more often.
+# far: training longer, or saving/logging more often. warmup_steps may change too once the run
+# is past both warm-ups (recipes derive it from steps), see `_check_resumable`.
 _RESUMABLE_FIELDS = ("steps", "checkpoint_every", "log_every")
+
+
+def recipe_steps(steps: int | None, default: int) -> int:
+    """The number of steps of a recipe's run: `default` when `steps` is None, else `steps`, refused if < 1.
+
+    Never `steps or default`: 0 would silently train the full recipe.
+    """
+    if steps is None:
+        return default
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1 (or None for the recipe's {default}), got {steps!r}")
+    return steps
 
 
 @dataclass(frozen=True)
@@ -198,8 +214,12 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, model: nn.Modul
         raise CheckpointError(f"{run_dir} holds a run of a different model "
                               f"({len(diffs)} differences: {'; '.join(diffs[:5])}). {fix}")
     now = dataclasses.asdict(config)
+    done = saved["step"]
+    # a different warm-up changes nothing learned once the run is past both (lr_at is the same from there)
+    warmed_up = done >= max(saved["config"].get("warmup_steps", 0), config.warmup_steps)
     diffs = [f"{k}: saved {saved['config'].get(k)!r} vs now {now[k]!r}" for k in now
-             if k not in _RESUMABLE_FIELDS and saved["config"].get(k) != now[k]]
+             if k not in _RESUMABLE_FIELDS and saved["config"].get(k) != now[k]
+             and not (k == "warmup_steps" and warmed_up)]
     if diffs:
         raise CheckpointError(f"{run_dir} holds a run with a different config "
                               f"({'; '.join(diffs)}). {fix}")
@@ -219,16 +239,18 @@ def _to_device(batch, device):
 
 
 class _DeferredInterrupt:
-    """First Ctrl-C sets a flag that the loop reads at the next step boundary; a second one
-    raises KeyboardInterrupt at once. Installed only in the main thread, where signals arrive."""
+    """First Ctrl-C (SIGINT) or SIGTERM sets a flag that the loop reads at the next step boundary; a
+    second one raises KeyboardInterrupt at once. Installed only in the main thread, where signals arrive."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
@@ -237,9 +259,22 @@ class _DeferredInterrupt:
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
         return False
+
+
+def _read_state(state_file: Path, run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The saved bookkeeping and tensors of a run, or a CheckpointError that says to start over."""
+    try:
+        saved = json.loads(read_header(state_file)["state"])
+        if not isinstance(saved, dict) or not {"step", "config", "fingerprint"} <= set(saved):
+            raise ValueError("its bookkeeping is incomplete")
+        return saved, load_tensors(state_file)
+    except (CheckpointError, KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(
+            f"{state_file} cannot be resumed: it is corrupt or truncated ({str(err).splitlines()[0][:200]}). Start "
+            f"over with --fresh (in Python: resume=False), or train in another --run-dir than {run_dir}") from err
 
 
 def fit(
@@ -284,14 +319,16 @@ def fit(
     if config.ema_decay is not None:
         ema = copy.deepcopy(raw).eval().requires_grad_(False)
     run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"run_dir {run_dir} is a file, not a folder: pass a folder (--run-dir on the command "
+                              "line); it is created if needed")
     main = accelerator.is_main_process
 
     start, wall_before, losses = 0, 0.0, []
     state_file = run_dir / "state.safetensors" if run_dir is not None else None
     if resume and state_file is not None and state_file.is_file():
-        saved = json.loads(read_header(state_file)["state"])
+        saved, tensors = _read_state(state_file, run_dir)
         _check_resumable(saved, config, raw, run_dir)
-        tensors = load_tensors(state_file)
         raw.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         if ema is not None:
             ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})

@@ -85,9 +85,9 @@ def test_accelerate_launch_trains_on_two_cpu_processes(tmp_path):
 def test_generate_writes_pngs_and_refuses_negative_prompts_for_unconditional_models(tmp_path, capsys):
     assert cli.main(["generate", "--model", "ddpm-fashion", "--num", "2", "--steps", "3", "--out", str(tmp_path)]) == 0
     assert len(list(tmp_path.glob("*.png"))) == 2
-    assert cli.main(["generate", "--model", "ddpm-fashion", "--steps", "3", "--negative-prompt", "x", "--out", str(tmp_path)]) == 2
+    assert cli.main(["generate", "--model", "ddpm-fashion", "--steps", "3", "--negative-prompt", "x", "--out", str(tmp_path / "n")]) == 2
     assert "does not take negative prompts" in capsys.readouterr().err
-    assert cli.main(["generate", "--model", "ddpm-fashion", "--steps", "3", "--sampler", "euler", "--out", str(tmp_path)]) == 2
+    assert cli.main(["generate", "--model", "ddpm-fashion", "--steps", "3", "--sampler", "euler", "--out", str(tmp_path / "s")]) == 2
     assert "no --sampler choice" in capsys.readouterr().err
 
 
@@ -97,7 +97,7 @@ def test_generate_sdxl_flags(tmp_path, capsys):
     assert cli.main(["generate", "--model", "sd1-shapes", "--prompt", "a red circle", "--steps", "2",
                      "--crop", "8", "8", "--out", str(tmp_path)]) == 2
     assert "for SDXL models" in capsys.readouterr().err
-    assert cli.main(["generate", "--model", "ddpm-fashion", "--steps", "2", "--size", "32", "64", "--out", str(tmp_path)]) == 2
+    assert cli.main(["generate", "--model", "ddpm-fashion", "--steps", "2", "--size", "32", "64", "--out", str(tmp_path / "f")]) == 2
     assert "--size is for text-to-image models" in capsys.readouterr().err
     from course import checkpoints
 
@@ -111,5 +111,5 @@ def test_generate_sdxl_flags(tmp_path, capsys):
     (png,) = out.glob("*.png")
     assert Image.open(png).size == (80, 48)
     assert cli.main(["generate", "--model", "sdxl-shapes-no-micro", "--prompt", "a red circle", "--steps", "2",
-                     "--crop", "8", "8", "--out", str(out)]) == 2
+                     "--crop", "8", "8", "--out", str(tmp_path / "nm")]) == 2
     assert "without micro-conditioning" in capsys.readouterr().err

@@ -144,7 +144,7 @@ def test_given_latents_are_used(pipe):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(prompts="a red circle"), "list of strings"),
     (dict(steps=0), "steps"),
-    (dict(guidance=0.5), "guidance must be >= 1"),
+    (dict(guidance=0.5), "guidance must be in 1 ... 100"),
     (dict(negative_prompts=["a", "b"]), "negative prompts for 1 prompts"),
     (dict(latents=torch.zeros(1, 4, 8, 8)), "latents must have shape"),
     (dict(init_images=torch.zeros(1, 3, 8, 8), strength=0.0), "strength"),

@@ -12,6 +12,7 @@ from course.paths import NOTEBOOK_DIR
 from course.student import (
     CODE_STUB,
     MARKDOWN_STUB,
+    RECORD,
     make_student_edition,
     solution_cells,
     solution_lines_left,
@@ -40,7 +41,8 @@ def edition(tmp_path):
     (src / "notes.txt").write_text("not a notebook")
     written = make_student_edition(src, tmp_path / "student")
     assert written == [tmp_path / "student" / FIXTURE.name]
-    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == [FIXTURE.name]  # nothing else copied
+    # nothing else copied; beside the notebook only the record of what was written (it protects a learner's edits)
+    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == sorted([FIXTURE.name, RECORD])
     return src / FIXTURE.name, written[0]
 
 

@@ -61,6 +61,34 @@ class PromptEncoder(nn.Module):
         ids = ids.to(self.transformer.token_embedding.weight.device)
         return self.id_to_row[ids] if self.id_to_row is not None else ids  # (B, T)
 
+    def check_prompts(self, prompts: list[str]) -> list[str]:
+        """What this encoder will not read as written, one sentence per problem (empty when all is well).
+
+        Two things are silent in the encoder itself: a word outside a cut vocabulary (clip-shapes knows
+        only the Shapes words) becomes the one "unknown" row, and a prompt longer than the context
+        is cut after T - 2 word pieces (BOS and EOS take the other two).
+        """
+        from course.nn.clip_text import clip_tokenizer
+
+        tokenizer = clip_tokenizer()
+        problems = []
+        for prompt in dict.fromkeys(prompts):  # each distinct prompt once
+            ids = tokenizer(prompt, truncation=False)["input_ids"]  # BOS, word pieces, EOS
+            if len(ids) > self.context_length:
+                kept = tokenizer.decode(ids[1:self.context_length - 1])
+                problems.append(f"the prompt {prompt[:40]!r}... has {len(ids) - 2} word pieces, the text encoder reads "
+                                f"{self.context_length - 2}: it is cut after {kept!r}")
+            if self.id_to_row is not None:
+                rows = self.id_to_row[torch.tensor(ids[:self.context_length])].tolist()
+                unknown = [tokenizer.convert_ids_to_tokens(t).replace("</w>", "") for t, r in
+                           zip(ids[:self.context_length], rows) if r == 0]
+                if unknown:
+                    words = ", ".join(dict.fromkeys(unknown))
+                    problems.append(f"the prompt {prompt!r} has words this text encoder was not trained on: {words}; "
+                                    "each reads as the one 'unknown' token. Its vocabulary is the Shapes world's "
+                                    "(course.world.shapes.VOCABULARY)")
+        return problems
+
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> torch.Tensor:
         """B prompts -> (B, T, D) final-LayerNorm states of every token (padding included, as SD)."""
@@ -186,7 +214,8 @@ def load_diffusers_folder(path: str | Path, image_size: int | None = None) -> Te
             raise ValueError(f"{root}/model_index.json has no {part!r}: not a StableDiffusionPipeline folder")
     unet, codec = unet_from_folder(root / "unet"), codec_from_folder(root / "vae")
     text_encoder = text_encoder_from_folder(root / "text_encoder", root / "tokenizer")
-    size = image_size or (unet.config.sample_size or 64) * codec.vae.config.downsample_factor
+    side = 64 if unet.config.sample_size is None else unet.config.sample_size  # latents per side
+    size = side * codec.vae.config.downsample_factor if image_size is None else image_size
     schedule, sampler = schedule_from_folder(root / "scheduler")
     return TextToImage(unet, text_encoder, codec, schedule, image_size=size, sampler=sampler)
 

@@ -131,6 +131,10 @@ class DualPromptEncoder(nn.Module):
         """P, the second encoder's projection width."""
         return self.encoders[1].transformer.config.projection_dim
 
+    def check_prompts(self, prompts: list[str]) -> list[str]:
+        """Each encoder's `PromptEncoder.check_prompts`, each problem once."""
+        return list(dict.fromkeys(p for e in self.encoders for p in e.check_prompts(prompts)))
+
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """B prompts -> (cond (B, T, D1 + D2) penultimate-layer states, pooled (B, P) of the second encoder)."""
@@ -250,7 +254,8 @@ def load_diffusers_sdxl_folder(path: str | Path, image_size: int | None = None) 
     first = text_encoder_from_folder(root / "text_encoder", root / "tokenizer")
     second = text_encoder_from_folder(root / "text_encoder_2", root / "tokenizer_2")
     unet, codec = unet_from_folder(root / "unet"), codec_from_folder(root / "vae")
-    size = image_size or (unet.config.sample_size or 128) * codec.vae.config.downsample_factor
+    side = 128 if unet.config.sample_size is None else unet.config.sample_size  # latents per side
+    size = side * codec.vae.config.downsample_factor if image_size is None else image_size
     force_zeros = bool(index.get("force_zeros_for_empty_prompt", True))
     text_encoder = DualPromptEncoder(first, second)
     schedule, sampler = schedule_from_folder(root / "scheduler")  # SDXL ships Euler: sampled with course.diffusion.euler

@@ -78,13 +78,14 @@ def classifier_loss(model, batch, generator):
 
 def train_shapes_classifier(steps: int | None, run_dir: Path, fresh: bool, progress: bool) -> Trained:
     """Train the Shapes classifier with the course's training loop."""
-    from course.train import TrainConfig, fit
+    from course.train import TrainConfig, fit, recipe_steps
 
+    steps = recipe_steps(steps, SHAPES_CLASSIFIER_STEPS)
     torch.manual_seed(0)
     model = FeatureClassifier(SHAPES_CLASSIFIER)
     config = TrainConfig(
-        steps=steps or SHAPES_CLASSIFIER_STEPS, batch_size=64, lr=2e-3, weight_decay=1e-4,
-        warmup_steps=min(50, (steps or SHAPES_CLASSIFIER_STEPS) // 10), schedule="cosine", ema_decay=0.99, checkpoint_every=250, log_every=25,
+        steps=steps, batch_size=64, lr=2e-3, weight_decay=1e-4,
+        warmup_steps=min(50, steps // 10), schedule="cosine", ema_decay=0.99, checkpoint_every=250, log_every=25,
     )
     result = fit(model, classifier_loss, shapes_batch, config, run_dir, resume=not fresh, progress=progress)
     model = result.ema if result.ema is not None else result.model
@@ -138,11 +139,11 @@ def cross_entropy_loss(model, batch, generator):
 
 def train_fashion_classifier(steps: int | None, run_dir: Path, fresh: bool, progress: bool) -> Trained:
     """Train the Fashion-MNIST classifier with the course's training loop."""
-    from course.train import TrainConfig, fit
+    from course.train import TrainConfig, fit, recipe_steps
 
+    steps = recipe_steps(steps, FASHION_CLASSIFIER_STEPS)
     torch.manual_seed(0)
     model = FeatureClassifier(FASHION_CLASSIFIER)
-    steps = steps or FASHION_CLASSIFIER_STEPS
     config = TrainConfig(steps=steps, batch_size=128, lr=2e-3, weight_decay=1e-4, warmup_steps=min(50, steps // 10),
                          schedule="cosine", ema_decay=0.99, checkpoint_every=250, log_every=25)
     result = fit(model, cross_entropy_loss, fashion_batch, config, run_dir, resume=not fresh, progress=progress)

@@ -64,12 +64,12 @@ def clip_shapes_loss(model: MiniClip, batch, generator) -> torch.Tensor:
 def train_clip_shapes(steps: int | None, run_dir: Path, fresh: bool, progress: bool,
                       base: MiniClipConfig = CLIP_SHAPES) -> Trained:
     """Train the Shapes mini-CLIP with the course's training loop."""
-    from course.train import TrainConfig, fit
+    from course.train import TrainConfig, fit, recipe_steps
 
+    steps = recipe_steps(steps, CLIP_SHAPES_STEPS)
     torch.manual_seed(0)
     config = clip_shapes_config(base)
     model = MiniClip(config)
-    steps = steps or CLIP_SHAPES_STEPS
     train_config = TrainConfig(steps=steps, batch_size=CLIP_SHAPES_BATCH, lr=2e-3, weight_decay=1e-4,
                                warmup_steps=min(100, steps // 10), schedule="cosine", ema_decay=0.995,
                                checkpoint_every=250, log_every=25)

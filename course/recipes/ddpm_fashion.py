@@ -61,9 +61,9 @@ BATCH_SIZE = 64
 
 def train_config(steps: int | None = None):
     """The recipe's TrainConfig (AdamW 2e-3, 200 warm-up steps, cosine decay, EMA 0.999)."""
-    from course.train import TrainConfig
+    from course.train import TrainConfig, recipe_steps
 
-    steps = steps or TRAIN_STEPS
+    steps = recipe_steps(steps, TRAIN_STEPS)
     return TrainConfig(steps=steps, batch_size=BATCH_SIZE, lr=2e-3, weight_decay=0.0,
                        warmup_steps=min(200, steps // 2), schedule="cosine", ema_decay=0.999,
                        checkpoint_every=200, log_every=50)

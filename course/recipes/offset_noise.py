@@ -139,9 +139,9 @@ def make_loss(strength: float, schedule: ddpm.Schedule = SCHEDULE):
 
 def train_config(steps: int | None = None):
     """The TrainConfig of both models (AdamW 2e-3, 200 warm-up steps, cosine decay, EMA 0.999, seed 0)."""
-    from course.train import TrainConfig
+    from course.train import TrainConfig, recipe_steps
 
-    steps = steps or TRAIN_STEPS
+    steps = recipe_steps(steps, TRAIN_STEPS)
     return TrainConfig(steps=steps, batch_size=BATCH_SIZE, lr=2e-3, warmup_steps=min(200, steps // 2),
                        schedule="cosine", ema_decay=0.999, checkpoint_every=500, log_every=100)
 

@@ -165,15 +165,15 @@ def train_sd1_shapes(steps: int | None, run_dir: Path, fresh: bool, progress: bo
     Trained.model is the EMA U-Net (what is shipped); `evaluate_sd1_shapes` assembles it with the
     shipped frozen parts.
     """
-    from course.train import TrainConfig, fit
+    from course.train import TrainConfig, fit, recipe_steps
 
+    steps = recipe_steps(steps, SD1_SHAPES_STEPS)  # refused before the slow latent bank
     torch.manual_seed(0)
     text_encoder, codec, parts = _frozen_parts()
     t0 = time.perf_counter()
     scenes, z0 = latent_bank(codec, cache=Path(run_dir) / "latent_bank.safetensors")
     bank_s = time.perf_counter() - t0
     unet = UNet(SD1_SHAPES_UNET)
-    steps = steps or SD1_SHAPES_STEPS
     config = TrainConfig(steps=steps, batch_size=BATCH_SIZE, lr=5e-4, weight_decay=0.0, warmup_steps=min(200, steps // 10),
                          schedule="cosine", ema_decay=0.999, checkpoint_every=250, log_every=50)
     result = fit(unet, sd1_loss, make_batch_fn(scenes, z0, text_encoder), config, run_dir, resume=not fresh, progress=progress)

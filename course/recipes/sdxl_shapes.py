@@ -167,7 +167,7 @@ def sdxl_loss(unet: UNet, batch, generator: torch.Generator, schedule: ddpm.Sche
     Ref: Salimans & Ho 2022, Sec. 4 (v); Podell et al. 2023, Sec. 2.2 (added conditioning), Sec. 2.5 (refiner: low t).
     """
     z0, cond, pooled, ids = batch
-    t_max = t_max or schedule.num_train_timesteps
+    t_max = schedule.num_train_timesteps if t_max is None else t_max
     t = torch.randint(0, t_max, (z0.shape[0],), generator=generator).to(z0.device)  # (B,)
     eps = offset_noise(tuple(z0.shape), offset, generator).to(z0.device)  # (B, C, h, w)
     added = {"text_embeds": pooled, "time_ids": ids}
@@ -240,24 +240,30 @@ def _train(name: str, steps: int, run_dir: Path, fresh: bool, progress: bool, *,
     cfg = {"unet": asdict(SDXL_SHAPES_UNET), "schedule": asdict(SCHEDULE), "parts": parts,
            "micro_conditioning": micro, "offset_noise": OFFSET_NOISE, "buckets": [list(b) for b in BUCKETS],
            "bucket_shares": list(BUCKET_SHARES), "caption_dropout": CAPTION_DROPOUT,
-           "p_crop": p_crop, "p_lowres": p_lowres, "t_max": t_max or SCHEDULE.num_train_timesteps}
+           "p_crop": p_crop, "p_lowres": p_lowres, "t_max": SCHEDULE.num_train_timesteps if t_max is None else t_max}
     return Trained(model=(result.ema if result.ema is not None else result.model).eval(), config=cfg,
                    wall_time_s=result.wall_time_s, steps=result.step, interrupted=result.interrupted, notes=notes)
 
 
 def train_sdxl_shapes(steps, run_dir, fresh, progress) -> Trained:
     """`sdxl-shapes`: micro-conditioned, on cropped, upsampled and plain variants in all buckets."""
-    return _train("sdxl-shapes", steps or STEPS, run_dir, fresh, progress, micro=True, plain=False, t_max=None)
+    from course.train import recipe_steps
+
+    return _train("sdxl-shapes", recipe_steps(steps, STEPS), run_dir, fresh, progress, micro=True, plain=False, t_max=None)
 
 
 def train_sdxl_shapes_no_micro(steps, run_dir, fresh, progress) -> Trained:
     """`sdxl-shapes-no-micro`: the same data and steps, time ids always zero (the ablation)."""
-    return _train("sdxl-shapes-no-micro", steps or STEPS, run_dir, fresh, progress, micro=False, plain=False, t_max=None)
+    from course.train import recipe_steps
+
+    return _train("sdxl-shapes-no-micro", recipe_steps(steps, STEPS), run_dir, fresh, progress, micro=False, plain=False, t_max=None)
 
 
 def train_sdxl_shapes_refiner(steps, run_dir, fresh, progress) -> Trained:
     """`sdxl-shapes-refiner`: plain images only, t < REFINER_T_MAX only."""
-    return _train("sdxl-shapes-refiner", steps or REFINER_STEPS, run_dir, fresh, progress, micro=True, plain=True,
+    from course.train import recipe_steps
+
+    return _train("sdxl-shapes-refiner", recipe_steps(steps, REFINER_STEPS), run_dir, fresh, progress, micro=True, plain=True,
                   t_max=REFINER_T_MAX)
 
 

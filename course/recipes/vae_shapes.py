@@ -223,9 +223,9 @@ def train_vae_shapes(steps: int | None, run_dir: Path, fresh: bool, progress: bo
     from phase 1's EMA weights and fine-tunes only the decoder with `decoder_loss`: the encoder, and
     so every latent and the normalisation, stay exactly phase 1's.
     """
-    from course.train import TrainConfig, fit
+    from course.train import TrainConfig, fit, recipe_steps
 
-    steps = steps or VAE_SHAPES_STEPS
+    steps = recipe_steps(steps, VAE_SHAPES_STEPS)
     torch.manual_seed(0)
     config = TrainConfig(steps=steps, batch_size=BATCH_SIZE, lr=2e-3, warmup_steps=min(100, steps // 10),
                          schedule="cosine", ema_decay=0.999, checkpoint_every=100, log_every=50)
@@ -261,7 +261,9 @@ def train_vae_shapes(steps: int | None, run_dir: Path, fresh: bool, progress: bo
 
 def train_ae_shapes(steps: int | None, run_dir: Path, fresh: bool, progress: bool) -> Trained:
     """Train `ae-shapes`: the same network and loss without the KL term, for chapter 02's comparison."""
-    return _train_codec(AE_SHAPES, steps or AE_SHAPES_STEPS, run_dir, fresh, progress, notes=(
+    from course.train import recipe_steps
+
+    return _train_codec(AE_SHAPES, recipe_steps(steps, AE_SHAPES_STEPS), run_dir, fresh, progress, notes=(
         "A comparison model, trained for fewer steps than vae-shapes (CPU time); not used by later chapters."))
 
 
@@ -275,7 +277,7 @@ def fit_codec(vae: VAE, n: int | None = None, seed: int = STATS_SEED) -> LatentC
     Ref: Rombach et al. 2022, Sec. 4.3.2 ("rescale the latent space by the component-wise std").
     """
     vae = vae.eval()
-    x0 = shapes.to_tensor(shapes.render_batch(shapes.sample_scenes(n or STATS_IMAGES, seed)))  # (n, 3, 64, 64)
+    x0 = shapes.to_tensor(shapes.render_batch(shapes.sample_scenes(STATS_IMAGES if n is None else n, seed)))  # (n, 3, 64, 64)
     z = raw_latents(vae, x0, sample=True, generator=torch.Generator().manual_seed(seed))  # (n, C, h, w)
     if vae.config.variational:
         config = VAEConfig(**(asdict(vae.config) | {"scaling_factor": round(fit_scaling_factor(z), 6)}))
