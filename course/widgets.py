@@ -397,16 +397,17 @@ def render_static(fn: Callable, controls: dict[str, Any], static: dict[str, Sequ
     _validate(fn, controls)
     panels = sweep_values(controls, static)
     swept = list(static) if static is not None else [next(iter(controls))]
+    images = [to_image(fn(**values)) for values in panels]
+    # each panel at the size it was drawn (a rendered Figure keeps its own inches), at least
+    # PANEL_INCHES on its longer side, and the grid no wider than a notebook's column: wide
+    # panels go fewer to a row rather than shrink
+    h, w = max(im.shape[0] for im in images), max(im.shape[1] for im in images)
+    scale = max(PANEL_INCHES * DPI / max(h, w), 1.0)
     if len(swept) == 2:
         nrows, ncols = len(static[swept[0]]), len(static[swept[1]])
     else:
-        ncols = min(len(panels), 4)
+        ncols = max(1, min(len(panels), 4, int(MAX_WIDTH_INCHES * DPI // (w * scale))))
         nrows = math.ceil(len(panels) / ncols)
-    images = [to_image(fn(**values)) for values in panels]
-    # each panel at the size it was drawn (a rendered Figure keeps its own inches), at least
-    # PANEL_INCHES on its longer side, and the grid no wider than a notebook's column
-    h, w = max(im.shape[0] for im in images), max(im.shape[1] for im in images)
-    scale = max(PANEL_INCHES * DPI / max(h, w), 1.0)
     scale = min(scale, MAX_WIDTH_INCHES * DPI / (w * ncols))
     pw, ph = w * scale / DPI, h * scale / DPI
     fig = SweepFigure(figsize=(pw * ncols, (ph + 0.25) * nrows + 0.35), dpi=DPI, layout="constrained")

@@ -1,6 +1,10 @@
 """Run chapter notebooks and store only the outputs that nbval compares.
 
-    python tools/store_outputs.py notebooks/00_welcome.ipynb [...]
+    python tools/store_outputs.py notebooks/00_welcome.ipynb [...] [--figures DIR]
+
+With --figures DIR, every image the run drew is also written to DIR/<notebook>/cell<N>_<k>.png,
+and every cell's text output to DIR/<notebook>/cell<N>.txt, so that you can look at the
+figures and the ignored outputs before committing (they are not stored in the notebook).
 
 Cells marked `# NBVAL_IGNORE_OUTPUT` (figures, timings, machine-dependent text) are stored
 empty; other cells keep their text outputs, with images dropped. Execution counts stay: nbval
@@ -22,8 +26,27 @@ from figure_check import execute  # noqa: E402
 KEEP = {"text/plain", "text/markdown", "text/html"}
 
 
-def store(path: Path) -> float:
+def save_figures(nb, folder: Path) -> int:
+    """Write every image/png of the executed notebook to folder/cell<N>_<k>.png (and text to cell<N>.txt)."""
+    import base64
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for index, cell in enumerate(nb.cells):
+        text = "".join(o.get("text", "") if o.output_type == "stream" else o.get("data", {}).get("text/plain", "") + "\n"
+                       for o in cell.get("outputs", []) if o.output_type != "error")
+        if text.strip():
+            (folder / f"cell{index}.txt").write_text(text)
+        for k, out in enumerate(o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})):
+            (folder / f"cell{index}_{k}.png").write_bytes(base64.b64decode(out.data["image/png"]))
+            n += 1
+    return n
+
+
+def store(path: Path, figures: Path | None = None) -> float:
     nb, problems, seconds = execute(path)
+    if figures is not None:
+        save_figures(nb, figures / path.stem)
     if problems:
         raise RuntimeError(f"{path}: outputs not stored:\n  " + "\n  ".join(problems))
     for cell in nb.cells:
@@ -46,5 +69,11 @@ def store(path: Path) -> float:
 
 
 if __name__ == "__main__":
-    for arg in sys.argv[1:]:
-        print(f"{arg}: ran in {store(Path(arg)):.1f} s, outputs stored")
+    args = sys.argv[1:]
+    figures = None
+    if "--figures" in args:
+        i = args.index("--figures")
+        figures = Path(args[i + 1])
+        del args[i : i + 2]
+    for arg in args:
+        print(f"{arg}: ran in {store(Path(arg), figures):.1f} s, outputs stored")

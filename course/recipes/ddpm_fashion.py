@@ -292,15 +292,14 @@ def forward_process_figure(t: int = 250, schedule: str = "cosine", n: int = 6):
     x0 = fashion_mnist.to_tensor_32(fashion_mnist.load_fashion_mnist("test")[0][:n])  # (n, 1, 32, 32)
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     xt = ddpm.q_sample(x0, t, eps, sched.alpha_bar)
-    fig = Figure(figsize=(10, 3.4), layout="constrained")
-    grid = fig.add_gridspec(2, n + 4)
-    for i in range(n):
-        ax = fig.add_subplot(grid[0, i])
+    fig = Figure(figsize=(10, 4.4), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.5])
+    ab = float(sched.alpha_bar[t])
+    for i, ax in enumerate(top.subplots(1, n)):
         ax.imshow(xt[i, 0].clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
         ax.set_axis_off()
-    ab = float(sched.alpha_bar[t])
-    fig.add_subplot(grid[0, 0]).set_title(f"xt at t={t} ({schedule}): sqrt(ab)={ab ** 0.5:.3f}", loc="left", fontsize=9)
-    ax_ab, ax_snr = fig.add_subplot(grid[1, : (n + 4) // 2]), fig.add_subplot(grid[1, (n + 4) // 2 :])
+    top.suptitle(f"xt at t={t}, {schedule} schedule: sqrt(alpha_bar) = {ab ** 0.5:.3f} of the image is left", fontsize=10)
+    ax_ab, ax_snr = bottom.subplots(1, 2)
     for name, s in SCHEDULE_CHOICES.items():
         ax_ab.plot(s.alpha_bar.numpy(), label=name, lw=2 if name == schedule else 1)
         ax_snr.plot(torch.log10(s.snr).numpy(), label=name, lw=2 if name == schedule else 1)

@@ -94,3 +94,15 @@ def score_field(model_fn, t: int, schedule: ddpm.Schedule, lim: float = 3.0, n: 
     grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), dim=-1).reshape(-1, 2)  # (n*n, 2)
     eps = model_fn(grid, torch.full((len(grid),), t, dtype=torch.long))
     return grid, -eps / (1 - schedule.alpha_bar[t]) ** 0.5
+
+
+def on_data_share(samples: torch.Tensor | np.ndarray, points: np.ndarray, radius: float = 0.1) -> float:
+    """Share of `samples` (N, 2) within `radius` of some data point of `points` (M, 2).
+
+    A toy model that fits puts almost all its samples on the data (here: on the moons); one that
+    has not learned enough leaves them in between. The radius is about the width of the moons'
+    own noise.
+    """
+    x = torch.as_tensor(np.asarray(samples), dtype=torch.float32)
+    data = torch.as_tensor(points, dtype=torch.float32)
+    return float((torch.cdist(x, data).min(dim=1).values < radius).float().mean())
