@@ -26,6 +26,7 @@ COMPONENTS: dict[str, str] = {
     "sd1_pipeline": "course.pipelines.sd1:parity_sd1_pipeline",  # diffusers.StableDiffusionPipeline, via a saved folder
     "sdxl_unet": "course.pipelines.sdxl:parity_sdxl_unet",  # diffusers.UNet2DConditionModel with SDXL's text_time embedding
     "sdxl_pipeline": "course.pipelines.sdxl:parity_sdxl_pipeline",  # diffusers.StableDiffusionXLPipeline, via a saved folder
+    "dit": "course.nn.dit:parity_dit",  # diffusers.DiTTransformer2DModel (adaLN-Zero, learned sigma)
 }
 
 

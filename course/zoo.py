@@ -150,6 +150,15 @@ MODELS: dict[str, ModelCard] = {
             pipeline="course.recipes.sdxl_shapes:sdxl_shapes_pipeline",
             storage_dtype="float16",
         ),
+        ModelCard(
+            "dit-shapes", "06",
+            "class-conditional DiT (adaLN-Zero, learned sigma) on vae-shapes latents: 18 classes 'a {colour} {shape}'",
+            train="course.recipes.dit_shapes:train_dit_shapes",
+            load="course.recipes.dit_shapes:load_dit_shapes_from",
+            evaluate="course.recipes.dit_shapes:evaluate_dit_shapes",
+            pipeline="course.recipes.dit_shapes:dit_shapes_pipeline",
+            storage_dtype="float16",
+        ),
     )
 }
 

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-VARIANCE_TYPES = ("fixed_small", "fixed_large")
+VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")  # the last: Improved DDPM's learned sigma
 SPACINGS = ("leading", "trailing", "linspace")
 
 
@@ -111,7 +111,7 @@ class Schedule:
     prediction_type: str = "epsilon"  # what the model predicts: one of PREDICTION_TYPES
     clip_sample: bool = True  # clamp the predicted x0 to [-clip_sample_range, clip_sample_range]
     clip_sample_range: float = 1.0  # the clamp bound (data lives in [-1, 1])
-    variance_type: str = "fixed_small"  # DDPM noise: posterior beta_tilde ("fixed_small") or beta
+    variance_type: str = "fixed_small"  # DDPM noise: beta_tilde ("fixed_small"), beta, or learned between them
     set_alpha_to_one: bool = True  # DDIM: alpha_bar past the last step is 1 (else alpha_bar[0])
     timestep_spacing: str = "leading"  # how `respace` picks sampling timesteps: one of SPACINGS
     steps_offset: int = 0  # added to "leading" timesteps (Stable Diffusion uses 1)
@@ -312,6 +312,34 @@ def respace(num_train_timesteps: int, num_inference_steps: int, spacing: str = "
     return torch.from_numpy(timesteps.copy())
 
 
+def learned_log_variance(v: torch.Tensor, beta: torch.Tensor, beta_tilde: torch.Tensor) -> torch.Tensor:
+    """Improved DDPM's learned variance: log Sigma = frac log beta + (1 - frac) log beta_tilde.
+
+    The network's extra output channels v are read as frac = (v + 1) / 2, so v = -1 gives the
+    posterior's beta_tilde (DDPM's "fixed_small") and v = 1 gives beta ("fixed_large"); Eq. 15 of
+    the paper writes the interpolation with frac itself, the paper's code ("learned_range") with v.
+
+    Args:
+        v: (B, ...) the model's variance outputs.
+        beta, beta_tilde: the step's beta and posterior variance, broadcastable to v (beta_tilde > 0).
+
+    Returns:
+        (B, ...) log variance.
+
+    Ref: Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models", Eq. 15.
+    """
+    frac = (v + 1) / 2
+    return frac * torch.log(beta) + (1 - frac) * torch.log(beta_tilde)
+
+
+def split_learned_sigma(model_output: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 2C, ...) -> the prediction (B, C, ...) and the variance outputs v (B, C, ...)."""
+    if model_output.shape[1] != 2 * xt.shape[1]:
+        raise ValueError(f"variance_type 'learned_range' needs a model output of 2 x {xt.shape[1]} channels "
+                         f"(prediction and v); got {model_output.shape[1]}")
+    return model_output.split(xt.shape[1], dim=1)
+
+
 class StepOutput(NamedTuple):
     """What one sampler step returns."""
 
@@ -339,11 +367,13 @@ def ddpm_step(model_output: torch.Tensor, t: int, xt: torch.Tensor, schedule: Sc
     With alpha_t = ab_t / ab_prev and beta_t = 1 - alpha_t (the step's own beta, so respaced
     chains work), the posterior has
         mean = sqrt(ab_prev) beta_t / (1 - ab_t) x0_hat + sqrt(alpha_t) (1 - ab_prev) / (1 - ab_t) xt
-        var  = (1 - ab_prev) / (1 - ab_t) beta_t   ("fixed_small", beta_tilde)   or   beta_t ("fixed_large").
+        var  = (1 - ab_prev) / (1 - ab_t) beta_t   ("fixed_small", beta_tilde)   or   beta_t ("fixed_large"),
+               or the model's own interpolation between the two ("learned_range", `learned_log_variance`).
     No noise is added at t = 0.
 
     Args:
-        model_output: (B, ...) the model's output at (xt, t), read by schedule.prediction_type.
+        model_output: (B, ...) the model's output at (xt, t), read by schedule.prediction_type; with
+            "learned_range", (B, 2C, ...): the prediction, then the variance outputs v.
         t: the current timestep.
         xt: (B, ...) the current sample.
         schedule: the noise schedule.
@@ -353,10 +383,13 @@ def ddpm_step(model_output: torch.Tensor, t: int, xt: torch.Tensor, schedule: Sc
     Returns:
         StepOutput(x_prev, x0).
 
-    Ref: Ho et al. 2020, Eq. 6-7 and Algorithm 2.
+    Ref: Ho et al. 2020, Eq. 6-7 and Algorithm 2; Nichol & Dhariwal 2021, Eq. 15 (learned variance).
     """
     prev_t = t - 1 if prev_t is None else int(prev_t)
     ab_t, ab_prev = _alpha_bars(schedule, t, prev_t, 1.0, xt)
+    v = None
+    if schedule.variance_type == "learned_range":
+        model_output, v = split_learned_sigma(model_output, xt)
     alpha_t = ab_t / ab_prev
     beta_t = 1 - alpha_t
     x0, _ = predict_x0_eps(model_output, xt, ab_t, schedule.prediction_type)
@@ -366,11 +399,14 @@ def ddpm_step(model_output: torch.Tensor, t: int, xt: torch.Tensor, schedule: Sc
         return StepOutput(mean, x0)
     if noise is None:
         raise ValueError(f"ddpm_step at t={t} > 0 needs noise: pass noise=torch.randn_like(xt)")
+    beta_tilde = torch.clamp((1 - ab_prev) / (1 - ab_t) * beta_t, min=1e-20)  # kept > 0, as diffusers does
     if schedule.variance_type == "fixed_small":
-        var = torch.clamp((1 - ab_prev) / (1 - ab_t) * beta_t, min=1e-20)  # beta_tilde, kept > 0 for t = 0
+        std = beta_tilde**0.5
+    elif schedule.variance_type == "fixed_large":
+        std = beta_t**0.5
     else:
-        var = beta_t
-    return StepOutput(mean + var**0.5 * noise, x0)
+        std = torch.exp(0.5 * learned_log_variance(v, beta_t, beta_tilde))  # (B, C, ...)
+    return StepOutput(mean + std * noise, x0)
 
 
 def ddim_step(model_output: torch.Tensor, t: int, xt: torch.Tensor, schedule: Schedule,
@@ -401,6 +437,8 @@ def ddim_step(model_output: torch.Tensor, t: int, xt: torch.Tensor, schedule: Sc
     prev_t = t - 1 if prev_t is None else int(prev_t)
     final = 1.0 if schedule.set_alpha_to_one else schedule.alpha_bar[0]
     ab_t, ab_prev = _alpha_bars(schedule, t, prev_t, final, xt)
+    if schedule.variance_type == "learned_range":  # DDIM ignores a learned variance: its noise is set by eta
+        model_output, _ = split_learned_sigma(model_output, xt)
     x0, eps = predict_x0_eps(model_output, xt, ab_t, schedule.prediction_type)
     x0 = _clip(x0, schedule)
     std = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)) ** 0.5

@@ -41,8 +41,12 @@ def _parity(scheduler_cls, config: dict | None, seed: int, method: str, eta: flo
     if not torch.equal(ref.timesteps, timesteps):
         return float("inf")
     xt = torch.randn(PARITY_SHAPE, generator=g)
+    learned = schedule.variance_type == "learned_range"  # the model outputs eps and v: 2C channels
+    out_shape = (PARITY_SHAPE[0], 2 * PARITY_SHAPE[1], *PARITY_SHAPE[2:]) if learned else PARITY_SHAPE
     for i, t in enumerate(timesteps.tolist()):
-        model_output = torch.randn(PARITY_SHAPE, generator=g)
+        model_output = torch.randn(out_shape, generator=g)
+        if learned:
+            model_output[:, PARITY_SHAPE[1]:] = torch.tanh(model_output[:, PARITY_SHAPE[1]:])  # v in (-1, 1)
         noise_seed = int(torch.randint(0, 2**31, (1,), generator=g))
         noise = torch.randn(PARITY_SHAPE, generator=torch.Generator().manual_seed(noise_seed))
         if method == "ddpm":  # diffusers draws the noise itself: give it a generator in the same state

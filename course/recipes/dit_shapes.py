@@ -50,8 +50,8 @@ VAE = "vae-shapes"
 BANK_SIZE = 16_384  # one-object scenes encoded once
 BANK_SEED = 606
 BATCH_SIZE = 128
-STEPS = 4000  # ~0.5 s per step on one CPU thread: ~35 min
-LR = 3e-4
+STEPS = 3000  # ~0.6 s per step alone on one CPU thread (~1.2 s beside the ablation runs): 30-60 min
+LR = 1e-3  # DiT: 1e-4 at batch 256 for 400K+ steps; 10x for a run 100x shorter (a 600-step pilot: 3e-4 barely used the label)
 CLASS_DROPOUT = 0.1
 EVAL_SEED = 31_415  # the real one-object images that Shapes-FID compares with
 EVAL_N = 512
@@ -123,7 +123,7 @@ def _frozen_codec():
 
 def train_dit(config: DiTConfig, steps: int, run_dir: Path | None, *, fresh: bool = False, progress: bool = False,
               seed: int = 0, batch_size: int = BATCH_SIZE, lr: float = LR, schedule: ddpm.Schedule = SCHEDULE,
-              bank: tuple[torch.Tensor, torch.Tensor] | None = None):
+              bank: tuple[torch.Tensor, torch.Tensor] | None = None, warmup_steps: int | None = None):
     """Train a DiT on the class bank; returns (TrainResult, seconds spent building the bank).
 
     Constant learning rate after a short warm-up (DiT trains at a constant 1e-4), so a run can be
@@ -138,7 +138,8 @@ def train_dit(config: DiTConfig, steps: int, run_dir: Path | None, *, fresh: boo
     bank_s = time.perf_counter() - t0
     torch.manual_seed(seed)
     model = DiT(config)
-    train_config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(200, steps // 10),
+    warmup_steps = min(200, steps // 10) if warmup_steps is None else warmup_steps
+    train_config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
                                schedule="constant", ema_decay=0.999, checkpoint_every=250, log_every=50, seed=seed)
     result = fit(model, make_loss(schedule), make_batch_fn(*bank), train_config, run_dir, resume=not fresh,
                  progress=progress)
@@ -326,3 +327,30 @@ def evaluate_dit_shapes(model: DiT, quick: bool = False) -> dict[str, float]:
         out |= {f"w{w:g}_fid": m["fid"], f"w{w:g}_class_accuracy": m["class_accuracy"]}
         out["fid_floor"], out["n"] = m["fid_floor"], m["n"]
     return out
+
+
+# ----------------------------------------------------------------------------- the chapter's figures
+@torch.no_grad()
+def gate_profile(model: DiT, t_values=(0, 100, 250, 500, 750, 999), label: int = 0) -> np.ndarray:
+    """Mean |alpha| of each block's two gates at each t: (len(t_values), depth, 2) (attention, MLP).
+
+    At init every gate is 0 (each block the identity); training opens them, by how much per block
+    and per noise level is what this measures.
+    """
+    device = next(model.parameters()).device
+    t = torch.tensor(t_values, device=device)
+    _, _, c = model.condition(t, torch.full_like(t, label))  # (n, D)
+    return torch.stack([block.gates(c).abs().mean(-1) for block in model.blocks], dim=1).cpu().numpy()
+
+
+def class_explorer(pipe: DiTShapesPipeline):
+    """Class x guidance x steps: four samples of one class prompt (the same four seeds every time)."""
+    from course.recipes.vae_shapes import _strip
+    from course.widgets import Choice, Slider, explore
+
+    def panel(prompt: str, guidance: float, steps: int) -> np.ndarray:
+        return _strip(list(pipe.generate([prompt] * 4, steps=steps, guidance=guidance, seed=0)))
+
+    return explore(panel, static={"guidance": [1.0, 3.0, 6.0], "steps": [10, 50]},
+                   prompt=Choice(tuple(class_prompt(i) for i in range(len(CLASSES))), "a red circle"),
+                   guidance=Slider(0.0, 8.0, 0.5, GUIDANCE), steps=Choice((10, 25, 50, 100, 250), SAMPLE_STEPS))

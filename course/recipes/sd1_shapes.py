@@ -74,8 +74,9 @@ EVAL_GUIDANCES = (1.0, 3.0, 5.0, 7.5)
 TEXT_ENCODER, VAE = "clip-shapes", "vae-shapes"  # the frozen parts, by checkpoint name
 
 
-def latent_bank(codec: nn.Module, n: int = BANK_SIZE, seed: int = BANK_SEED, cache: Path | None = None):
-    """(scenes, z0 (n, C, h, w)): n Shapes scenes and their normalised latents (posterior means).
+def latent_bank(codec: nn.Module, n: int = BANK_SIZE, seed: int = BANK_SEED, cache: Path | None = None,
+                max_objects: int = 2):
+    """(scenes, z0 (n, C, h, w)): n Shapes scenes (up to `max_objects` each) and their normalised latents.
 
     Encoding once and reusing the latents moves the VAE encoder out of the training step; with
     `cache` the latents are stored there and reused by a resumed run (keyed by n, seed and a
@@ -85,8 +86,8 @@ def latent_bank(codec: nn.Module, n: int = BANK_SIZE, seed: int = BANK_SEED, cac
 
     from course.recipes.vae_shapes import encode_scenes
 
-    scenes = shapes.sample_scenes(n, seed)
-    key = f"{n}:{seed}:{_fingerprint(codec)}"
+    scenes = shapes.sample_scenes(n, seed, max_objects=max_objects)
+    key = f"{n}:{seed}:{_fingerprint(codec)}" + ("" if max_objects == 2 else f":max_objects={max_objects}")
     if cache is not None and Path(cache).is_file():
         from safetensors import safe_open
 

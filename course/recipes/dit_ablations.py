@@ -1,0 +1,262 @@
+"""Chapter 06's experiments: DiT's Table 4 and Fig. 8 in miniature, and learned vs fixed variance.
+
+- `conditioning_ablation`: the four block designs (in-context, cross-attention, adaLN, adaLN-Zero)
+  at the same width, depth, data and steps, two seeds each; Shapes-FID and class accuracy at
+  several checkpoints (a curve, as DiT's Fig. 5) and each design's Gflops.
+- `patch_ablation`: patch size p = 1, 2, 4 on the 8x8 latents at equal steps: Gflops against FID
+  (DiT's Fig. 8). A ~10 px object covers about one latent pixel, so p = 2 already puts a whole
+  object inside one token, and p = 4 puts four cells of the 3x3 grid into one.
+- `variance_table`: the shipped `dit-shapes` sampled with DDPM at 25, 50 and 250 steps with its
+  learned Sigma and with the fixed beta_tilde and beta: Improved DDPM's claim is that the learned
+  variance is what lets few-step ancestral sampling work.
+
+The ablation models are not shipped: their tables go into dit-shapes' manifest entry
+(`record_in_manifest`), made by `python -m course.recipes.dit_ablations all`.
+Short runs on one CPU thread each: the point is the comparison at equal compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from course import paths
+from course.nn.dit import CONDITIONINGS, DiT, get_preset, gflops
+from course.recipes import dit_shapes as R
+
+ABLATION = get_preset("dit-shapes-ablation", num_classes=len(R.CLASSES))  # D 128, depth 4, 2 heads, p = 2: 1.3 M
+ABLATION_STEPS = (500, 1000, 2000)  # checkpoints of the curve
+ABLATION_BATCH = 64
+ABLATION_WARMUP = 60  # fixed, so that each curve is one run resumed to its next checkpoint
+SEEDS = (0, 1)
+PATCH_STEPS = 1000
+PATCHES = (1, 2, 4)
+EVAL_N = 360  # 20 images per class
+EVAL_SAMPLER = dict(steps=50, guidance=1.0)  # DiT's Table 4 reports FID without guidance
+VARIANCE_STEPS = (25, 50, 250)
+VARIANCES = ("learned_range", "fixed_small", "fixed_large")
+RESULTS = paths.RUNS_DIR / "dit-ablations" / "results.json"
+COMMAND = "python -m course.recipes.dit_ablations all"
+# DiT-XL/2 at 400K steps, FID-50K without guidance (Peebles & Xie 2023, Table 4)
+PAPER_FID = {"adaln-zero": 19.5, "adaln": 25.2, "cross-attention": 26.1, "in-context": 35.2}
+
+
+def _load() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+
+
+def _save(results: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+
+
+def _evaluate(model: DiT, codec) -> dict[str, float]:
+    return R.evaluate_model(model.eval(), codec, EVAL_N, **EVAL_SAMPLER)
+
+
+def run_curve(key: str, config, steps: tuple[int, ...], seed: int, bank, codec, results: dict) -> None:
+    """Train `config` to each of `steps` in turn (one resumable run) and evaluate the EMA at each."""
+    run_dir = paths.RUNS_DIR / "dit-ablations" / key
+    for s in steps:
+        if f"{key}@{s}" in results:
+            continue
+        t0 = time.perf_counter()
+        result, _ = R.train_dit(config, s, run_dir, seed=seed, batch_size=ABLATION_BATCH, bank=bank,
+                                warmup_steps=ABLATION_WARMUP)
+        metrics = _evaluate(result.ema, codec)
+        results[f"{key}@{s}"] = metrics | {"steps": s, "seed": seed, "train_s": round(result.wall_time_s),
+                                           "gflops": round(gflops(config), 4), "segment_s": round(time.perf_counter() - t0)}
+        _save(results)
+        print(key, s, results[f"{key}@{s}"], flush=True)
+
+
+def conditioning_ablation(bank, codec, results: dict) -> None:
+    for seed in SEEDS:
+        for cond in CONDITIONINGS[::-1]:  # adaLN-Zero first
+            run_curve(f"{cond}-s{seed}", dataclasses.replace(ABLATION, conditioning=cond), ABLATION_STEPS, seed,
+                      bank, codec, results)
+
+
+def patch_ablation(bank, codec, results: dict) -> None:
+    for p in PATCHES:
+        if p == ABLATION.patch_size:
+            continue  # the adaLN-Zero run of the conditioning ablation, seed 0
+        run_curve(f"p{p}-s0", dataclasses.replace(ABLATION, patch_size=p), (PATCH_STEPS,), 0, bank, codec, results)
+
+
+@torch.no_grad()
+def variance_table(results: dict, n: int = 512) -> None:
+    """Shapes-FID of the shipped dit-shapes, unguided, by DDPM steps and variance."""
+    pipe = R.load()
+    for steps in VARIANCE_STEPS:
+        for var in VARIANCES:
+            key = f"variance:{var}@{steps}"
+            if key in results:
+                continue
+            t0 = time.perf_counter()
+            m = R.evaluate_model(pipe.model, pipe.codec, n, steps=steps, guidance=1.0, variance=var)
+            results[key] = m | {"sample_s": round(time.perf_counter() - t0)}
+            _save(results)
+            print(key, results[key], flush=True)
+
+
+# ----------------------------------------------------------------------------- tables
+def conditioning_table(results: dict) -> dict[str, dict]:
+    """Per design: FID and class accuracy at each checkpoint, mean and spread over seeds, and Gflops."""
+    out = {}
+    for cond in CONDITIONINGS:
+        rows = {}
+        for s in ABLATION_STEPS:
+            runs = [results.get(f"{cond}-s{seed}@{s}") for seed in SEEDS]
+            runs = [r for r in runs if r]
+            if not runs:
+                continue
+            fids, accs = [r["fid"] for r in runs], [r["class_accuracy"] for r in runs]
+            rows[s] = {"fid": round(float(np.mean(fids)), 2), "fid_spread": round((max(fids) - min(fids)) / 2, 2),
+                       "class_accuracy": round(float(np.mean(accs)), 3),
+                       "accuracy_spread": round((max(accs) - min(accs)) / 2, 3), "seeds": len(runs),
+                       "fid_floor": runs[0]["fid_floor"]}
+        if rows:
+            out[cond] = {"by_steps": rows, "gflops": round(gflops(dataclasses.replace(ABLATION, conditioning=cond)), 4),
+                         "paper_fid_xl2_400k": PAPER_FID[cond]}
+    return out
+
+
+def ranking(table: dict[str, dict], steps: int = ABLATION_STEPS[-1]) -> list[str]:
+    """Designs ordered by mean FID at `steps` (best first)."""
+    have = [c for c in table if steps in table[c]["by_steps"] or str(steps) in table[c]["by_steps"]]
+    return sorted(have, key=lambda c: table[c]["by_steps"].get(steps, table[c]["by_steps"].get(str(steps)))["fid"])
+
+
+def patch_table(results: dict) -> dict[str, dict]:
+    out = {}
+    for p in PATCHES:
+        key = f"p{p}-s0@{PATCH_STEPS}" if p != ABLATION.patch_size else f"adaln-zero-s0@{PATCH_STEPS}"
+        if key in results:
+            r = results[key]
+            out[f"p={p}"] = {"tokens": (ABLATION.input_size // p) ** 2, "gflops": r["gflops"], "fid": r["fid"],
+                             "class_accuracy": r["class_accuracy"], "fid_floor": r["fid_floor"], "train_s": r["train_s"]}
+    return out
+
+
+def variance_summary(results: dict) -> dict[str, dict]:
+    out = {}
+    for steps in VARIANCE_STEPS:
+        for var in VARIANCES:
+            r = results.get(f"variance:{var}@{steps}")
+            if r:
+                out.setdefault(f"ddpm-{steps}", {})[var] = {"fid": r["fid"], "class_accuracy": r["class_accuracy"]}
+                out[f"ddpm-{steps}"]["fid_floor"] = r["fid_floor"]
+    return out
+
+
+def record_in_manifest(results: dict) -> dict:
+    """Write the three tables into dit-shapes' manifest entry (its weights and metrics unchanged)."""
+    from course import checkpoints
+
+    manifest = checkpoints.read_manifest()
+    entry = manifest["dit-shapes"]
+    entry["ablations"] = {"command": COMMAND, "conditioning": conditioning_table(results),
+                          "conditioning_ranking_at_2000": ranking(conditioning_table(results)),
+                          "patch": patch_table(results), "variance": variance_summary(results),
+                          "protocol": f"{EVAL_N} images (20 per class), DDPM {EVAL_SAMPLER['steps']} steps, learned "
+                                      f"sigma, no guidance; ablation DiT D={ABLATION.hidden_size}, depth "
+                                      f"{ABLATION.depth}, batch {ABLATION_BATCH}, seeds {list(SEEDS)}"}
+    checkpoints._atomic_write_text(paths.MANIFEST_PATH, checkpoints._dump_json(manifest))
+    return entry["ablations"]
+
+
+def main(argv: list[str]) -> int:
+    what = argv[0] if argv else "all"
+    if what not in ("conditioning", "patch", "variance", "record", "all"):
+        print("usage: python -m course.recipes.dit_ablations [conditioning|patch|variance|record|all]")
+        return 2
+    results = _load()
+    if what in ("conditioning", "patch", "all"):
+        codec, _ = R._frozen_codec()
+        bank = R.class_bank(codec, cache=paths.RUNS_DIR / "dit-ablations" / "class_bank.safetensors")
+        if what in ("conditioning", "all"):
+            conditioning_ablation(bank, codec, results)
+        if what in ("patch", "all"):
+            patch_ablation(bank, codec, results)
+    if what in ("variance", "all"):
+        variance_table(results)
+    if what in ("record", "all"):
+        print(json.dumps(record_in_manifest(results), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
+
+# ----------------------------------------------------------------------------- the chapter's figures
+def conditioning_figure(table: dict[str, dict]):
+    """FID and class accuracy against training steps for each block design (DiT's Fig. 5 in miniature)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    ax_fid, ax_acc = fig.subplots(1, 2)
+    for cond, row in table.items():
+        steps = sorted(int(s) for s in row["by_steps"])
+        rows = [row["by_steps"].get(s, row["by_steps"].get(str(s))) for s in steps]
+        label = f"{cond} ({row['gflops'] * 1e3:.1f} Mflops)"
+        ax_fid.errorbar(steps, [r["fid"] for r in rows], yerr=[r["fid_spread"] for r in rows], marker="o", capsize=3,
+                        label=label)
+        ax_acc.errorbar(steps, [r["class_accuracy"] for r in rows], yerr=[r["accuracy_spread"] for r in rows],
+                        marker="o", capsize=3, label=label)
+    floor = next(iter(table.values()))["by_steps"]
+    floor = next(iter(floor.values()))["fid_floor"]
+    ax_fid.axhline(floor, color="0.5", ls="--", lw=1, label=f"real-vs-real floor {floor:.1f}")
+    ax_fid.set(xlabel="training steps", ylabel="Shapes-FID (lower is better)", yscale="log",
+               title="FID, mean of 2 seeds (bars: half the range)")
+    ax_acc.set(xlabel="training steps", ylabel="class accuracy", ylim=(0, 1), title="class accuracy, no guidance")
+    ax_fid.legend(fontsize=7)
+    return fig
+
+
+def patch_figure(table: dict[str, dict]):
+    """Gflops against FID for p = 1, 2, 4 at equal training steps (DiT's Fig. 8 in miniature)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.6, 3.4), layout="constrained")
+    ax = fig.subplots()
+    for name, r in table.items():
+        ax.scatter(r["gflops"] * 1e3, r["fid"], s=40)
+        ax.annotate(f"{name}: {r['tokens']} tokens", (r["gflops"] * 1e3, r["fid"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ax.set(xscale="log", xlabel="Mflops per forward pass (log)", ylabel="Shapes-FID after "
+           f"{PATCH_STEPS} steps", title="patch size: compute against quality")
+    return fig
+
+
+def patch_viewer(seed: int = 3):
+    """One Shapes image with the token grid of p = 1, 2, 4 drawn over it (a latent pixel is 8 image pixels)."""
+    from matplotlib.figure import Figure
+
+    from course.widgets import Choice, explore
+    from course.world import shapes
+
+    image = shapes.render(shapes.sample_scenes(1, seed)[0])
+
+    def panel(p: int):
+        fig = Figure(figsize=(2.8, 3.0), layout="constrained")
+        ax = fig.subplots()
+        ax.imshow(image)
+        step = 8 * p  # image pixels per token side
+        for k in range(step, 64, step):
+            ax.axhline(k - 0.5, color="k", lw=0.6)
+            ax.axvline(k - 0.5, color="k", lw=0.6)
+        n = (8 // p) ** 2
+        g = gflops(dataclasses.replace(ABLATION, patch_size=p)) * 1e3
+        ax.set_title(f"p = {p}: {n} tokens of {8 * p} px\n{g:.1f} Mflops (ablation DiT)", fontsize=8)
+        ax.set_axis_off()
+        return fig
+
+    return explore(panel, static={"p": [1, 2, 4]}, p=Choice((1, 2, 4), 2))
