@@ -41,6 +41,7 @@ from matplotlib.figure import Figure
 STATIC_ENV = "COURSE_STATIC_WIDGETS"  # set to 1 to force the static figure
 MAX_PANELS = 16  # a static sweep larger than this is refused: it would be unreadable
 PANEL_INCHES = 3.0  # the longer side of one panel of the static grid, at least
+SHORT_SIDE_INCHES = 1.4  # ... and its shorter side at least this (a strip of small images stays readable)
 DPI = 100  # figures here are drawn at 100 dots per inch: a rendered panel keeps its own size
 MAX_WIDTH_INCHES = 16.0  # a static grid wider than this is scaled down to fit a notebook's column
 
@@ -402,7 +403,7 @@ def render_static(fn: Callable, controls: dict[str, Any], static: dict[str, Sequ
     # PANEL_INCHES on its longer side, and the grid no wider than a notebook's column: wide
     # panels go fewer to a row rather than shrink
     h, w = max(im.shape[0] for im in images), max(im.shape[1] for im in images)
-    scale = max(PANEL_INCHES * DPI / max(h, w), 1.0)
+    scale = max(PANEL_INCHES * DPI / max(h, w), SHORT_SIDE_INCHES * DPI / min(h, w), 1.0)
     if len(swept) == 2:
         nrows, ncols = len(static[swept[0]]), len(static[swept[1]])
     else:
