@@ -153,3 +153,69 @@ def test_compare_is_none_when_equal_and_checks_listed():
     assert compare(x, x.clone()) is None
     assert compare(x, x + 1)[0] == "values"
     assert all(name.startswith("check_") for name in available_checks())
+
+
+# --- the chapter checkers added for issue 11: a right answer passes, a classic mistake is explained ---
+
+
+def test_bpe_checker_against_the_real_tokenizer(capsys):
+    from course.exercises.ch03 import check_bpe
+
+    def bpe(word, merges):
+        ranks = {pair: i for i, pair in enumerate(merges)}
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            rank, i = min((ranks.get(p, len(ranks)), i) for i, p in enumerate(zip(parts, parts[1:])))
+            if rank == len(ranks):
+                break
+            parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2:]  # first occurrence only: fine for these words
+        return parts
+
+    assert check_bpe(bpe) is True
+    assert "tyrannosaurus" in capsys.readouterr().out
+    with pytest.raises(ExerciseFailed, match="lowest rank"):
+        check_bpe(lambda word, merges: list(word[:-1]) + [word[-1] + "</w>"])  # no merges at all
+
+
+def test_resnet_block_and_unet_forward_checkers():
+    import torch.nn.functional as F
+
+    from course.exercises.ch04 import check_resnet_block, check_unet_forward
+
+    def resnet_block(block, x, temb):
+        h = block.conv1(F.silu(block.norm1(x)))
+        h = h + block.time_emb_proj(F.silu(temb))[:, :, None, None]
+        h = block.conv2(block.dropout(F.silu(block.norm2(h))))
+        return (x if block.conv_shortcut is None else block.conv_shortcut(x)) + h
+
+    def no_time(block, x, temb):
+        h = block.conv2(F.silu(block.norm2(block.conv1(F.silu(block.norm1(x))))))
+        return (x if block.conv_shortcut is None else block.conv_shortcut(x)) + h
+
+    assert check_resnet_block(resnet_block) is True
+    with pytest.raises(ExerciseFailed, match="time_emb_proj"):
+        check_resnet_block(no_time)
+
+    def unet_forward(net, x, t, swap=False):
+        emb = net.time_embed(t, x.shape[0], x.device)
+        h = net.conv_in(x)
+        skips = [h]
+        for block in net.down_blocks:
+            for resnet in block.resnets:
+                h = resnet(h, emb)
+                skips.append(h)
+            if block.downsamplers is not None:
+                h = block.downsamplers[0](h)
+                skips.append(h)
+        h = net.mid_block(h, emb)
+        for block in net.up_blocks:
+            for resnet in block.resnets:
+                s = skips.pop()
+                h = resnet(torch.cat([s, h] if swap else [h, s], dim=1), emb)
+            if block.upsamplers is not None:
+                h = block.upsamplers[0](h)
+        return net.conv_out(net.conv_act(net.conv_norm_out(h)))
+
+    assert check_unet_forward(unet_forward) is True
+    with pytest.raises(ExerciseFailed, match="skips.pop"):
+        check_unet_forward(lambda net, x, t: unet_forward(net, x, t, swap=True))

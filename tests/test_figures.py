@@ -34,3 +34,16 @@ def test_the_check_finds_a_figure_that_is_not_shown(tmp_path):
 def test_every_figure_cell_shows_an_image(path):
     _, problems, _ = execute(path)
     assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+def test_unet_diagram_is_drawn_from_the_config():
+    from course.nn import unet
+    from course.recipes.unet_diagram import unet_diagram
+
+    preset = unet.get_preset("shapes-latent")
+    texts = [t.get_text() for t in unet_diagram(preset).axes[0].texts]
+    assert sum(t.startswith("down ") for t in texts) == sum(t.startswith("up ") for t in texts) == preset.levels
+    assert any("128 ch @ 2x2" in t and t.startswith("mid") for t in texts)
+    assert sum("attn" in t for t in texts if t.startswith(("down", "up"))) == 4  # no attention in the lowest level
+    small = unet.get_preset("fashion-32")
+    assert sum(t.startswith("down ") for t in (x.get_text() for x in unet_diagram(small).axes[0].texts)) == 4

@@ -53,3 +53,36 @@ def check_clip_loss(fn) -> bool:
                   "transpose): a one-sided loss, a missing scale or the wrong labels give other numbers",
         "shape": "return one scalar, the mean over the batch",
     })
+
+
+def check_bpe(fn) -> bool:
+    """Chapter 03: the learner's `bpe(word, merges)` against the ids of the real `CLIPTokenizer`.
+
+    The reference is transformers' tokenizer built from the same file (`course.nn.clip_text`):
+    for one lower-case word, its pieces are the tokens between BOS and EOS.
+    """
+    from course.nn.clip_text import clip_tokenizer, clip_vocabulary
+
+    vocab, merges = clip_vocabulary()
+    tok = clip_tokenizer()
+
+    def reference(word, merges):
+        return tok.convert_ids_to_tokens(tok(word).input_ids[1:-1])  # drop BOS and EOS
+
+    words = [("a", "a one-letter word ends with </w>"), ("circle", "a word that is one token"),
+             ("circles", "a frequent word with its own merge"), ("tyrannosaurus", "a rare word: several pieces"),
+             ("astronaut", "a word merged in several rounds"), ("jekyll", "the word of the very last merge"),
+             ("zzxq", "a word with almost no merges")]
+    cases = [Case(args=(word, merges), label=label) for word, label in words]
+    ok = run_cases(fn, reference, cases, name="bpe", hint={
+        "values": "start from the word's characters, the last one with '</w>' appended; then repeatedly merge the "
+                  "adjacent pair with the lowest rank (its index in merges) everywhere it occurs, until no adjacent "
+                  "pair is in merges. Merging the first pair found, or the most frequent one, gives other pieces",
+        "shape": "a different number of pieces: merge the adjacent pair with the lowest rank, every occurrence, "
+                 "and repeat until no adjacent pair is in merges (a whole frequent word ends as one piece)",
+        "type": "return a list of strings, the pieces (e.g. ['circle</w>'])",
+    })
+    if ok:
+        pieces = fn("tyrannosaurus", merges)
+        print(f"  'tyrannosaurus' -> {pieces} -> ids {[vocab[p] for p in pieces]} (CLIPTokenizer: {tok('tyrannosaurus').input_ids[1:-1]})")
+    return ok

@@ -59,3 +59,85 @@ def check_cross_attention(fn) -> bool:
                   "the image tokens gives the right shape but wrong values",
         "shape": "the output has one row per image token: (B, N, d), the shape of q",
     })
+
+
+def _perturbed(module, seed: int):
+    """`module` with every parameter redrawn (norms and biases too), so no default value hides a mistake."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p + 0.1 * torch.randn(p.shape, generator=g))
+    return module.eval()
+
+
+def check_resnet_block(fn) -> bool:
+    """Chapter 04: the learner's `resnet_block(block, x, temb)` against `ResnetBlock2D.forward`.
+
+    `block` is a `course.nn.unet_blocks.ResnetBlock2D`; the learner uses its layers (norm1,
+    conv1, time_emb_proj, norm2, dropout, conv2, conv_shortcut) and writes the wiring.
+    """
+    import torch
+
+    from course.nn.unet_blocks import ResnetBlock2D
+
+    g = torch.Generator().manual_seed(40)
+    same = _perturbed(ResnetBlock2D(16, 16, temb_dim=32, groups=4, eps=1e-5), 1)
+    wider = _perturbed(ResnetBlock2D(16, 32, temb_dim=32, groups=4, eps=1e-5), 2)
+    x, temb = torch.randn(3, 16, 8, 8, generator=g), torch.randn(3, 32, generator=g)
+    cases = [
+        Case(args=(same, x, temb), label="16 -> 16 channels: the skip is the identity"),
+        Case(args=(wider, x, temb), label="16 -> 32 channels: the skip is conv_shortcut (1x1)"),
+        Case(args=(same, x, torch.zeros(3, 32)), label="a zero time embedding still adds time_emb_proj's bias"),
+        Case(args=(wider, x[:1], temb[:1]), label="one image"),
+    ]
+    with torch.no_grad():
+        return run_cases(fn, lambda block, x, temb: block(x, temb), cases, name="resnet_block", atol=1e-5, hint={
+            "values": "h = conv1(silu(norm1(x))); h = h + time_emb_proj(silu(temb))[:, :, None, None] (one vector per "
+                      "image, broadcast over H and W); h = conv2(dropout(silu(norm2(h)))); return skip(x) + h, where "
+                      "skip is conv_shortcut when the block has one (channels change) and the identity otherwise",
+            "shape": "the output has the block's out channels: the skip of x must be projected with conv_shortcut "
+                     "when in and out channels differ",
+        })
+
+
+def two_level_unet(seed: int = 0):
+    """The U-Net of exercise 4.0b: two levels (32 and 64 channels), one resnet each, no attention."""
+    from course.nn.unet import PLAIN_DOWN, PLAIN_MID, PLAIN_UP, UNet, UNetConfig
+
+    config = UNetConfig(in_channels=4, out_channels=4, sample_size=8, block_out_channels=(32, 64),
+                        down_block_types=(PLAIN_DOWN, PLAIN_DOWN), mid_block_type=PLAIN_MID,
+                        up_block_types=(PLAIN_UP, PLAIN_UP), layers_per_block=1, num_heads=1,
+                        cross_attention_dim=None, norm_num_groups=8)
+    import torch
+
+    torch.manual_seed(seed)
+    return _perturbed(UNet(config), seed + 10)
+
+
+def check_unet_forward(fn) -> bool:
+    """Chapter 04: the learner's `unet_forward(net, x, t)` (the skip wiring) against `UNet.forward`.
+
+    `net` is a two-level `course.nn.unet.UNet` without attention (`two_level_unet`).
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(41)
+    net = two_level_unet(0)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    cases = [
+        Case(args=(net, x, torch.tensor([10, 900])), label="8x8 latents, two timesteps"),
+        Case(args=(net, x[:1], torch.tensor([500])), label="one latent"),
+        Case(args=(two_level_unet(1), torch.randn(2, 4, 16, 16, generator=g), torch.tensor([0, 999])),
+             label="another U-Net, 16x16 inputs"),
+    ]
+    with torch.no_grad():
+        return run_cases(fn, lambda net, x, t: net(x, t), cases, name="unet_forward", atol=1e-4, hint={
+            "values": "the skips are pushed in order: conv_in's output, then every resnet's output and every "
+                      "downsampler's output; each up resnet concatenates [h, skips.pop()] on channels (the LAST skip "
+                      "first), and an up level has one more resnet than its down level (it also eats the "
+                      "downsampler's skip); end with conv_out(conv_act(conv_norm_out(h)))",
+            "shape": "the output has the input's shape; a shape error means a skip was concatenated at the wrong "
+                     "resolution (pop from the end of the list)",
+        })
