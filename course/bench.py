@@ -106,5 +106,12 @@ def run(quick: bool = False) -> dict[str, dict]:
         except ImportError as err:
             results[title] = {"skipped": f"not available yet: {err}"}
         for key, value in results[title].items():
-            print(f"  {key:<36} {value}")
+            print(f"  {key:<36} {format_figure(value)}")
     return results
+
+
+def format_figure(value) -> str:
+    """A measured figure for reading: floats to 4 significant digits (0.04548055099985504 -> 0.04548)."""
+    if isinstance(value, bool) or not isinstance(value, (float, np.floating)):
+        return str(value)
+    return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"

@@ -8,6 +8,7 @@
     parity [COMPONENT ...]      the from-scratch components against diffusers / transformers
     bench                       speed and acceptance figures
     student-edition DIR         learner copies of the notebooks, solutions replaced by stubs
+    fetch-data                  get Fashion-MNIST (chapter 01); `make setup` runs it
 
 `accelerate launch -m course train NAME` runs the same training on several GPUs or machines
 (accelerate's own configuration), and on CPUs as several processes with
@@ -314,6 +315,39 @@ def cmd_doctor(args) -> int:
     return doctor.run()
 
 
+def cmd_fetch_data(args) -> int:
+    """Chapter 01's Fashion-MNIST: found, else downloaded (MD5-checked), else Debian's package (as root)."""
+    import os
+    import shutil
+    import subprocess
+
+    from course.world import fashion_mnist
+
+    def have() -> bool:
+        try:
+            for split in fashion_mnist.SPLITS:
+                fashion_mnist.load_fashion_mnist(split)  # downloads into the cache when online
+            return True
+        except FileNotFoundError:
+            return False
+
+    if have():
+        print("Fashion-MNIST: ready")
+        return 0
+    if shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        print("Fashion-MNIST: offline; installing Debian's package dataset-fashion-mnist")
+        subprocess.run(["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"], check=False,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if have():
+            print("Fashion-MNIST: ready")
+            return 0
+    try:
+        fashion_mnist.load_fashion_mnist("test")
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+    return 1
+
+
 def cmd_student_edition(args) -> int:
     from course import student
 
@@ -414,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "pixel vs latent diffusion cost and the U-Net against diffusers': printed, never asserted.")
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
     p.set_defaults(fn=cmd_bench)
+
+    command("fetch-data", "get the data the chapters read (Fashion-MNIST)",
+            "Make sure chapter 01's Fashion-MNIST is here: found ($FASHION_MNIST_DIR, Debian's package, the cache), "
+            "else downloaded from the official server with its MD5 checksums, else (offline, as root on Debian) "
+            "installed with apt-get install dataset-fashion-mnist. `make setup` runs it; exit status 1 with the ways "
+            "to get it when none works.").set_defaults(fn=cmd_fetch_data)
 
     p = command("student-edition", "learner copies of the notebooks",
                 "Copies of the notebooks with every solution replaced by a stub. A notebook in DIR that differs from "

@@ -135,14 +135,17 @@ def check_fashion_mnist() -> list[Finding]:
 def check_checkpoints() -> list[Finding]:
     from course import checkpoints, zoo
 
-    if not paths.MANIFEST_PATH.is_file():
+    manifest_path = paths.MANIFEST_PATH
+    if not manifest_path.is_file():
         shipped = sorted(p.name for p in paths.CHECKPOINT_DIR.glob("*.safetensors"))
-        return [Finding("fail", f"{paths.MANIFEST_PATH.relative_to(paths.REPO_ROOT)} is missing"
+        shown = manifest_path.relative_to(paths.REPO_ROOT) if manifest_path.is_relative_to(paths.REPO_ROOT) else manifest_path
+        return [Finding("fail", f"{shown} is missing (the list of shipped checkpoints and their sha256)"
                         + (f" ({len(shipped)} checkpoint files are there, unlisted)" if shipped else ""),
                         "git checkout -- data/checkpoints/MANIFEST.json")]
     results = checkpoints.verify_all()
     if not results:
-        return [Finding("warn", "no shipped checkpoints listed in data/checkpoints/MANIFEST.json")]
+        return [Finding("fail", "data/checkpoints/MANIFEST.json lists no checkpoints: the chapters need them",
+                        "git checkout -- data/checkpoints/MANIFEST.json")]
     manifest = checkpoints.read_manifest()
 
     def retrain(name: str) -> str:

@@ -113,3 +113,58 @@ def test_generate_sdxl_flags(tmp_path, capsys):
     assert cli.main(["generate", "--model", "sdxl-shapes-no-micro", "--prompt", "a red circle", "--steps", "2",
                      "--crop", "8", "8", "--out", str(tmp_path / "nm")]) == 2
     assert "without micro-conditioning" in capsys.readouterr().err
+
+
+def _subparser(name: str):
+    return cli.build_parser()._subparsers._group_actions[0].choices[name]
+
+
+def test_every_command_has_a_description_and_generate_shows_its_defaults():
+    for name in ("doctor", "list", "train", "eval", "generate", "parity", "bench", "student-edition", "fetch-data"):
+        assert (_subparser(name).description or "").strip(), f"`{name} --help` has no description"
+    help_text = " ".join(_subparser("generate").format_help().split())
+    for default in ("(default: 50)", "(default: 1.0)", "(default: 0)", "(default: 1)"):
+        assert default in help_text
+
+
+def test_list_columns_line_up(capsys):
+    assert cli.main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(zoo.MODELS)
+    for column in (zoo.MODELS[next(iter(zoo.MODELS))].summary,):
+        starts = {line.index(zoo.MODELS[line.split()[0]].summary) for line in lines}
+        assert len(starts) == 1, f"the summaries start at columns {sorted(starts)}"
+    assert len({line.index("chapter") for line in lines}) == 1
+
+
+def test_bench_rounds_its_floats():
+    from course.bench import format_figure
+
+    assert format_figure(0.04548055099985504) == "0.04548"
+    assert format_figure(1234.5678) == "1235" and format_figure(0.000012345) == "1.234e-05"
+    assert format_figure(10_000) == "10000" and format_figure("skipped") == "skipped"
+
+
+def noisy_comparison(config, seed):
+    """A comparison as diffusers' pipelines run one: a warning, a progress bar, a log line."""
+    import logging
+    import warnings
+
+    from tqdm import tqdm
+
+    warnings.warn("some library deprecation")
+    for _ in tqdm(range(3), desc="denoising"):
+        pass
+    logging.getLogger("diffusers").warning("a library log line")
+    print("a stray print")
+    return 1.5e-6
+
+
+def test_parity_prints_one_clean_table(monkeypatch, capsys):
+    monkeypatch.setitem(parity.COMPONENTS, "noisy", f"{__name__}:noisy_comparison")
+    assert cli.main(["parity", "ddpm_scheduler", "noisy"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""  # no library warnings or progress bars
+    lines = out.splitlines()
+    assert lines[0].startswith("component") and lines[-1] == "2 of 2 components within 1e-04"
+    assert [line.split() for line in lines[1:-1]] == [["ddpm_scheduler", "0.00e+00", "ok"], ["noisy", "1.50e-06", "ok"]]

@@ -355,8 +355,8 @@ class TextToImage:
         if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 < v <= top and v % m == 0
                    for v in (H, W)):
             raise ValueError(f"size must be (H, W) in pixels, each a multiple of {m} (the VAE's factor "
-                             f"{self.codec.vae.config.downsample_factor} x the U-Net's {m // self.codec.vae.config.downsample_factor} "
-                             f"downsampling) from {m} to {top} ({MAX_SIZE_FACTOR} x the {self.image_size} px the model "
+                             f"{self.codec.vae.config.downsample_factor} x the U-Net's downsampling by "
+                             f"{m // self.codec.vae.config.downsample_factor}) from {m} to {top} ({MAX_SIZE_FACTOR} x the {self.image_size} px the model "
                              f"was trained at), got {size!r}")
         return int(H), int(W)
 
