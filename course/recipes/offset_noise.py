@@ -249,7 +249,8 @@ def mean_snr(schedule: ddpm.Schedule = SCHEDULE, t: int | None = None, pixels: i
     """How well a per-channel image mean of 1 survives in xt: sqrt(ab_t) / (sqrt(1 - ab_t) sqrt(1/N + s^2)).
 
     The numerator is the mean's share of xt, the denominator the std of the noise's mean over N
-    pixels with offset strength s; t defaults to T-1. Ref: Guttenberg 2023.
+    pixels with offset strength s; t defaults to T-1. This is an AMPLITUDE ratio (std over std);
+    square it for a power SNR, the ab / (1 - ab) of chapter 01. Ref: Guttenberg 2023.
     """
     ab = float(schedule.alpha_bar[schedule.num_train_timesteps - 1 if t is None else t])
     return ab**0.5 / ((1 - ab) ** 0.5 * (1 / pixels + strength**2) ** 0.5)
