@@ -41,9 +41,12 @@ _gi().events.register("pre_run_cell", _pre)
 _gi().events.register("post_run_cell", _post)
 '''
 REPORT = f'''# {MARK}
-import json as _json
+import json as _json, resource as _resource
+_usage = _resource.getrusage(_resource.RUSAGE_SELF)
+_probe["cells"]["cpu_s"] = _usage.ru_utime + _usage.ru_stime
 print("{MARK}" + _json.dumps(_probe["cells"]))
 '''
+last_kernel_cpu_s: float | None = None  # CPU seconds the kernel used in the last `execute` (all its threads)
 
 
 def _image_outputs(cell) -> int:
@@ -67,7 +70,10 @@ def execute(path: Path, timeout: int = 600) -> tuple[nbformat.NotebookNode, list
                    resources={"metadata": {"path": str(Path(path).parent)}}).execute()
     seconds = time.perf_counter() - start
     report = "".join(out.get("text", "") for out in nb.cells[-1].outputs if out.output_type == "stream")
-    counts = {int(k): v for k, v in json.loads(report.split(MARK, 1)[1]).items()} if MARK in report else None
+    global last_kernel_cpu_s
+    raw = json.loads(report.split(MARK, 1)[1]) if MARK in report else None
+    last_kernel_cpu_s = raw.pop("cpu_s", None) if raw else None
+    counts = {int(k): v for k, v in raw.items()} if raw is not None else None
     del nb.cells[0], nb.cells[-1]
     problems = [] if counts is not None else ["the figure probe did not report (the kernel died?)"]
     code_index = 0

@@ -21,6 +21,7 @@ from pathlib import Path
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import figure_check  # noqa: E402
 from figure_check import execute  # noqa: E402
 
 KEEP = {"text/plain", "text/markdown", "text/html"}
@@ -76,4 +77,5 @@ if __name__ == "__main__":
         figures = Path(args[i + 1])
         del args[i : i + 2]
     for arg in args:
-        print(f"{arg}: ran in {store(Path(arg), figures):.1f} s, outputs stored")
+        seconds = store(Path(arg), figures)
+        print(f"{arg}: ran in {seconds:.1f} s (kernel CPU {figure_check.last_kernel_cpu_s or 0:.1f} s), outputs stored")
