@@ -103,6 +103,7 @@ def test_the_ablation_tables_average_seeds_and_rank_by_fid():
         for seed in A.SEEDS:
             for s in A.ABLATION_STEPS:
                 results[f"{cond}-s{seed}@{s}"] = {"fid": fid + seed + 1000 / s, "class_accuracy": 0.5, "fid_floor": 1.0,
+                                                  "val_mse": 0.1, "probe_accuracy": 0.5,
                                                   "gflops": 0.01, "train_s": 1}
     table = A.conditioning_table(results)
     assert table["adaln-zero"]["by_steps"][2000]["fid"] == pytest.approx(20.0 + 0.5 + 1000 / 2000, abs=0.01)
