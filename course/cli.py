@@ -205,6 +205,7 @@ def cmd_generate(args) -> int:
 
     from course.pipelines import base
 
+    zoo.card(args.model)  # an unknown name is refused before anything is written
     if args.unconditional and args.prompt:
         raise ValueError("--unconditional makes the unconditional image (the empty prompt): give it without --prompt")
     prompts = [""] if args.prompt is None else args.prompt
@@ -248,15 +249,19 @@ def cmd_generate(args) -> int:
         from course.recipes import sdxl_shapes
 
         strength = sdxl_shapes.REFINE_STRENGTH if args.refine_strength is None else args.refine_strength
-        if int(args.steps * strength) < 1:
-            raise ValueError(f"--refine with --steps {args.steps} and strength {strength:g} leaves the refiner no step "
+        steps = inspect.signature(sdxl_shapes.refine).parameters["steps"].default if args.steps is None else args.steps
+        if int(steps * strength) < 1:
+            raise ValueError(f"--refine with --steps {steps} and strength {strength:g} leaves the refiner no step "
                              f"(int(steps x strength) = 0): raise --steps to at least {math.ceil(1 / strength)}, "
                              "or --refine-strength")
         refiner = base.load("sdxl-shapes-refiner", device=device)
     images = []
     for prompt in prompts:  # one image per call, seed by seed: each file can be remade alone with --num 1
         for j in range(args.num):
-            common = dict(steps=args.steps, guidance=args.guidance, seed=args.seed + j, **extra, **sdxl)
+            common = dict(seed=args.seed + j, **extra, **sdxl)
+            for name in ("steps", "guidance"):  # not given: the pipeline's own default
+                if getattr(args, name) is not None:
+                    common[name] = getattr(args, name)
             if refiner is not None:
                 _, image = sdxl_shapes.refine(pipe, refiner, [prompt], strength=strength, **common)
             else:
@@ -359,8 +364,15 @@ def cmd_student_edition(args) -> int:
 # ----------------------------------------------------------------------------- the parser
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Help that shows each option's default and keeps the descriptions' line breaks."""
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default (where it has one its help does not state) and keeps line breaks."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        shown = not (action.default is None or action.default is False or action.default == argparse.SUPPRESS)  # 0 is shown
+        if shown and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -409,8 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unconditional", action="store_true",
                    help="text-to-image models: the unconditional image (the empty prompt), instead of --prompt")
     p.add_argument("--num", type=positive_int, default=1, help="images per prompt")
-    p.add_argument("--steps", type=positive_int, default=50, help="sampler steps")
-    p.add_argument("--guidance", type=guidance_float, default=1.0, help="classifier-free guidance scale, 1 ... 100 (1 = none)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="sampler steps; None: the model's own (50 for the text-to-image models, 25 with --refine)")
+    p.add_argument("--guidance", type=guidance_float, default=None,
+                   help="classifier-free guidance scale, 1 ... 100 (1 = none); None: the model's own (1 for the "
+                        "text-to-image models, 3 with --refine)")
     p.add_argument("--negative-prompt", default=None, help="what to steer away from (text-to-image models, guidance > 1)")
     p.add_argument("--sampler", choices=("ddim", "euler"), default=None,
                    help="text-to-image models: DDIM or Euler (default: the model's, DDIM)")

@@ -123,8 +123,9 @@ def test_every_command_has_a_description_and_generate_shows_its_defaults():
     for name in ("doctor", "list", "train", "eval", "generate", "parity", "bench", "student-edition", "fetch-data"):
         assert (_subparser(name).description or "").strip(), f"`{name} --help` has no description"
     help_text = " ".join(_subparser("generate").format_help().split())
-    for default in ("(default: 50)", "(default: 1.0)", "(default: 0)", "(default: 1)"):
+    for default in ("the model's own (50 for the", "(default: 0)", "(default: 1)", f"(default: {cli.DEFAULT_OUT})"):
         assert default in help_text
+    assert "(default: None)" not in help_text and "(default: False)" not in help_text
 
 
 def test_list_columns_line_up(capsys):
