@@ -42,6 +42,7 @@ EVAL_N = 360  # 20 images per class
 EVAL_SAMPLER = dict(steps=50, guidance=1.0)  # DiT's Table 4 reports FID without guidance
 VARIANCE_STEPS = (25, 50, 250)
 VARIANCES = ("learned_range", "fixed_small", "fixed_large")
+VARIANCE_N = 256  # images per row (the floor at the same n); 250-step rows cost ~5 min each on a shared CPU
 RESULTS = paths.RUNS_DIR / "dit-ablations" / "results.json"
 COMMAND = "python -m course.recipes.dit_ablations all"
 # DiT-XL/2 at 400K steps, FID-50K without guidance (Peebles & Xie 2023, Table 4)
@@ -134,12 +135,12 @@ def patch_ablation(bank, codec, results: dict, val) -> None:
 
 
 @torch.no_grad()
-def variance_table(results: dict, n: int = 512) -> None:
+def variance_table(results: dict, n: int = VARIANCE_N) -> None:
     """Shapes-FID of the shipped dit-shapes, unguided, by DDPM steps and variance."""
     pipe = R.load()
     for steps in VARIANCE_STEPS:
         for var in VARIANCES:
-            key = f"variance:{var}@{steps}"
+            key = f"variance:{var}@{steps}:n{n}"
             if key in results:
                 continue
             t0 = time.perf_counter()
@@ -197,7 +198,7 @@ def variance_summary(results: dict) -> dict[str, dict]:
     out = {}
     for steps in VARIANCE_STEPS:
         for var in VARIANCES:
-            r = results.get(f"variance:{var}@{steps}")
+            r = results.get(f"variance:{var}@{steps}:n{VARIANCE_N}")
             if r:
                 out.setdefault(f"ddpm-{steps}", {})[var] = {"fid": r["fid"], "class_accuracy": r["class_accuracy"]}
                 out[f"ddpm-{steps}"]["fid_floor"] = r["fid_floor"]
@@ -271,17 +272,19 @@ def conditioning_figure(table: dict[str, dict]):
 
 
 def patch_figure(table: dict[str, dict]):
-    """Gflops against FID for p = 1, 2, 4 at equal training steps (DiT's Fig. 8 in miniature)."""
+    """Gflops against Shapes-FID and validation MSE for p = 1, 2, 4 at equal steps (DiT's Fig. 8 in miniature)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.6, 3.4), layout="constrained")
-    ax = fig.subplots()
-    for name, r in table.items():
-        ax.scatter(r["gflops"] * 1e3, r["fid"], s=40)
-        ax.annotate(f"{name}: {r['tokens']} tokens", (r["gflops"] * 1e3, r["fid"]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
-    ax.set(xscale="log", xlabel="Mflops per forward pass (log)", ylabel="Shapes-FID after "
-           f"{PATCH_STEPS} steps", title="patch size: compute against quality")
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    for ax, key, label in zip(fig.subplots(1, 2), ("fid", "val_mse"), ("Shapes-FID (sampled, noisy)", "validation eps-MSE")):
+        for name, r in table.items():
+            ax.scatter(r["gflops"] * 1e3, r[key], s=40)
+            ax.annotate(f"{name}: {r['tokens']} tokens", (r["gflops"] * 1e3, r[key]), textcoords="offset points",
+                        xytext=(6, 4), fontsize=8)
+        ax.set(xscale="log", xlabel="Mflops per forward pass (log)", ylabel=label, title=f"{label} after {PATCH_STEPS} steps")
+        xs = [r["gflops"] * 1e3 for r in table.values()]
+        ax.minorticks_off()
+        ax.set_xticks(xs, [f"{x:.1f}" for x in xs])
     return fig
 
 

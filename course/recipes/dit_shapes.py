@@ -10,7 +10,7 @@ The network is `course.nn.dit.DiT`; this module chooses its size, data, loss and
 - Objective: DDPM's linear schedule (T = 1000, beta 1e-4 -> 0.02) with learned sigma: the model
   predicts eps and the variance interpolation v, trained with Improved DDPM's hybrid loss
   L_simple + 0.001 L_vlb (`course.diffusion.vlb`); labels dropped to the null class 10% of the
-  time for classifier-free guidance. All as DiT's recipe, at 1/8 of the width.
+  time for classifier-free guidance. All as DiT's recipe, at 1/6 of DiT-XL's width.
 - Sampling: ancestral DDPM with the learned variance on a respaced chain, CFG on all 4 latent
   channels (DiT's code guides 3 of 4, `[:, :3]`, a slice later projects copied; its appendix
   found all 4 at scale 1.375 slightly better, FID 2.20 vs 2.27), decoded by vae-shapes.
