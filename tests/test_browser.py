@@ -30,6 +30,7 @@ CHROMIUM = os.environ.get("COURSE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CHAPTERS = ("01_ddpm.ipynb", "05_sdxl_conditioning.ipynb")
+PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook"  # the notebook on show, not one in a hidden tab
 TIMEOUT_MS = 240_000  # a cell on a busy 2-core CPU; nbval allows 300 s
 
 if not Path(CHROMIUM).is_file():
@@ -112,11 +113,12 @@ class Notebook:
         self.name = name
         cells = json.loads((root / name).read_text())["cells"]
         self.sources = ["".join(c["source"]) if c["cell_type"] == "code" else "" for c in cells]  # code cells only
-        page.goto(f"{self.url}/lab/tree/{name}?token={self.token}")
-        page.wait_for_function(f"document.querySelectorAll('.jp-Notebook .jp-Cell').length === {len(self.sources)}",
+        # ?reset: a fresh workspace, so that a notebook another test opened is not restored beside this one
+        page.goto(f"{self.url}/lab/tree/{name}?reset&token={self.token}")
+        page.wait_for_function(f"document.querySelectorAll('{PANEL} .jp-Cell').length === {len(self.sources)}",
                                timeout=TIMEOUT_MS)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=TIMEOUT_MS)
-        self.cells = page.locator(".jp-Notebook .jp-Cell")
+        self.cells = page.locator(f"{PANEL} .jp-Cell")
 
     def index(self, text: str) -> int:
         """The first code cell whose source holds `text` (cells are found by what they say, not by number)."""
