@@ -31,7 +31,7 @@ class ModelCard:
     evaluate: str  # "module:function"
     pipeline: str | None = None  # "module:function" for models that generate images
     storage_dtype: str = "float32"  # how the shipped weights are stored: "float16" halves the large U-Nets
-    #   (the course's checkpoints share a 60 MB budget); they load back into float32, and the
+    #   (the course's checkpoints share a 120 MB budget, COURSE_PLAN.md); they load back into float32, and the
     #   manifest's metrics are measured on the rounded weights
 
 

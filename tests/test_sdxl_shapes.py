@@ -161,4 +161,4 @@ def test_large_unets_ship_as_float16_and_load_as_float32():
     model = S.load_sdxl_shapes_from(tensors, entry["config"])
     assert {p.dtype for p in model.unet.parameters()} == {torch.float32}
     total = sum(e["size_bytes"] for e in checkpoints.read_manifest().values())
-    assert total <= 60e6, f"the shipped checkpoints take {total / 1e6:.1f} MB; the course's budget is 60 MB"
+    assert total <= 120e6, f"the shipped checkpoints take {total / 1e6:.1f} MB; the course's budget is 120 MB"

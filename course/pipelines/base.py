@@ -357,7 +357,7 @@ class TextToImage:
             raise ValueError(f"size must be (H, W) in pixels, each a multiple of {m} (the VAE's factor "
                              f"{self.codec.vae.config.downsample_factor} x the U-Net's downsampling by "
                              f"{m // self.codec.vae.config.downsample_factor}) from {m} to {top} ({MAX_SIZE_FACTOR} x the {self.image_size} px the model "
-                             f"was trained at), got {size!r}")
+                             f"was trained at), got {size!r}; pick sides that are multiples of {m}")
         return int(H), int(W)
 
     def to(self, device: str | torch.device) -> "TextToImage":
