@@ -124,3 +124,52 @@ def parity_euler_scheduler(config: dict | None = None, seed: int = 0, *, steps: 
     x = euler_sample(model, noise * init_noise_sigma(schedule, sigmas), schedule, timesteps, sigmas)
     return max(float((timesteps - ref.timesteps).abs().max()), float((sigmas - ref.sigmas).abs().max()),
                abs(init_noise_sigma(schedule, sigmas) - float(ref.init_noise_sigma)), float((x - x_ref).abs().max()))
+
+
+FLOW_PARITY_STEPS = (1, 4, 28)  # sampling-grid sizes compared
+
+
+def parity_flow_scheduler(config: dict | None = None, seed: int = 0, *, image_seq_len: int = 1024) -> float:
+    """Max |course - diffusers| for FlowMatchEulerDiscreteScheduler: grids, shifts, scale_noise and step.
+
+    For each grid size in FLOW_PARITY_STEPS: `set_timesteps` (static `shift`, or the dynamic shift
+    with mu from the pipeline's `calculate_shift` for `image_seq_len` tokens) against
+    `flow.flow_sigmas`; `scale_noise` at every grid point against the OT path; and a whole Euler
+    run with a fixed nonlinear "model" of (x, t) against `flow.sample`.
+
+    Args:
+        config: FlowMatchEulerDiscreteScheduler arguments (default: SD3's, shift 3.0).
+        seed: seeds the sample and the noise.
+        image_seq_len: the token count that sets mu when `use_dynamic_shifting` is on.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift as ref_shift
+
+    from course.diffusion import flow
+
+    config = dict(config or {"num_train_timesteps": 1000, "shift": 3.0})
+    ref = FlowMatchEulerDiscreteScheduler(**config)
+    T = ref.config.num_train_timesteps
+    mu_args = dict(base_seq_len=ref.config.base_image_seq_len, max_seq_len=ref.config.max_image_seq_len,
+                   base_shift=ref.config.base_shift, max_shift=ref.config.max_shift)
+    mu = flow.calculate_shift(image_seq_len, **mu_args) if ref.config.use_dynamic_shifting else None
+    diffs = [abs(flow.calculate_shift(image_seq_len, **mu_args) - ref_shift(image_seq_len, **mu_args))]
+    g = torch.Generator().manual_seed(seed)
+    x0, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)  # (B, C, h, w)
+
+    def model(x: torch.Tensor, t) -> torch.Tensor:  # any smooth function of both inputs
+        return torch.tanh(0.7 * x) + 0.1 * torch.sin(torch.as_tensor(t, dtype=torch.float32) / 100.0)
+
+    for steps in FLOW_PARITY_STEPS:
+        ref.set_timesteps(steps, mu=mu)
+        sigmas = flow.flow_sigmas(steps, shift=ref.config.shift, mu=mu, num_train_timesteps=T)
+        diffs += [float((sigmas - ref.sigmas).abs().max()), float((sigmas[:-1] * T - ref.timesteps).abs().max())]
+        for t, sigma in zip(ref.timesteps, sigmas):
+            noisy = ref.scale_noise(x0, t[None].expand(2), noise)
+            diffs.append(float((noisy - flow.get_path("ot").point(x0, noise, sigma)).abs().max()))
+        x_ref = noise.clone()
+        for t in ref.timesteps:
+            x_ref = ref.step(model(x_ref, t), t, x_ref).prev_sample
+        x = flow.sample(lambda x, s: model(x, s[0] * T), noise, sigmas)
+        diffs.append(float((x - x_ref).abs().max()))
+    return max(diffs)
