@@ -27,6 +27,7 @@ COMPONENTS: dict[str, str] = {
     "sdxl_unet": "course.pipelines.sdxl:parity_sdxl_unet",  # diffusers.UNet2DConditionModel with SDXL's text_time embedding
     "sdxl_pipeline": "course.pipelines.sdxl:parity_sdxl_pipeline",  # diffusers.StableDiffusionXLPipeline, via a saved folder
     "dit": "course.nn.dit:parity_dit",  # diffusers.DiTTransformer2DModel (adaLN-Zero, learned sigma)
+    "mmdit": "course.nn.mmdit:parity_mmdit",  # diffusers.SD3Transformer2DModel (QK-norm, dual attention)
     "flow_scheduler": "course.diffusion.scheduler_parity:parity_flow_scheduler",  # diffusers.FlowMatchEulerDiscreteScheduler
 }
 
