@@ -28,6 +28,7 @@ COMPONENTS: dict[str, str] = {
     "sdxl_pipeline": "course.pipelines.sdxl:parity_sdxl_pipeline",  # diffusers.StableDiffusionXLPipeline, via a saved folder
     "dit": "course.nn.dit:parity_dit",  # diffusers.DiTTransformer2DModel (adaLN-Zero, learned sigma)
     "mmdit": "course.nn.mmdit:parity_mmdit",  # diffusers.SD3Transformer2DModel (QK-norm, dual attention)
+    "sd3_pipeline": "course.pipelines.sd3:parity_sd3_pipeline",  # diffusers.StableDiffusion3Pipeline, via a saved folder
     "flow_scheduler": "course.diffusion.scheduler_parity:parity_flow_scheduler",  # diffusers.FlowMatchEulerDiscreteScheduler
 }
 
