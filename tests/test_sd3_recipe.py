@@ -191,3 +191,10 @@ def test_density_figures_and_explorer_panels_draw():
     assert len(D.density_panel(0.5, 0.6).axes) == 2
     with pytest.raises(ValueError, match="scale"):
         timesteps.TimestepSampler("lognorm", 0.0, 0.0)
+
+
+def test_shift_panel_draws_the_grid_and_one_image_per_step():
+    fig = S.shift_panel(3.0, size=64, steps=4)
+    assert len(fig.axes) == 1 + 4
+    line = fig.axes[0].lines[0].get_ydata()
+    np.testing.assert_allclose(line, flow.flow_sigmas(4, shift=3.0).numpy())

@@ -39,10 +39,10 @@ SHIFTS = (1.0, ALPHA, 3.0)
 SAMPLE_STEPS = (10, 25)
 BASE = "rf/lognorm(0.00, 1.00)"  # SD3's choice, fine-tuned from the ablation's seed-0 run
 NET_128 = dataclasses.replace(A.NET, input_size=SIZE // 8)  # 16x16 latents, p = 2: 64 tokens
-FINETUNE_STEPS = 500
+FINETUNE_STEPS = 400
 FINETUNE_BATCH = 32
 BANK_128 = 4096  # one-object scenes at 128x128
-EVAL_N = 256  # FID needs at least 2 x its 64 features; the floor is measured at the same n
+EVAL_N = 192  # FID needs at least 2 x its 64 features; the floor is measured at the same n
 
 
 # ----------------------------------------------------------------------------- the argument
@@ -249,58 +249,38 @@ def snr_figure(n: int = 64, seed: int = 1):
     return fig
 
 
-@torch.no_grad()
-def shift_trajectory(model, codec, label: int, alpha: float, steps: int = 8, seed: int = 0, guidance: float = 3.0):
-    """(sigmas (steps + 1,), x0 estimates decoded (steps, H, W, 3)): Euler with CFG on the grid shifted by alpha."""
-    from course.diffusion import flow
+def shift_panel(alpha: float, size: int = SIZE, steps: int = 8, prompt: str = "a large red circle in the center"):
+    """The sigma grid shifted by alpha, and a Shapes image noised to each of its sigmas (what xt is at each step).
 
-    cfg = model.config
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
-    fn = R.guided_model_fn(model, torch.tensor([label]), guidance, learned_sigma=False)
-    sigmas = flow.flow_sigmas(steps, shift=alpha)
-    estimates = []
-    for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
-        v = fn(x, torch.full((1,), sigma * A.NUM_TRAIN_TIMESTEPS))
-        estimates.append(flow.velocity_to_x0(x, v, sigma))
-        x = flow.euler_step(x, v, sigma, sigma_next)
-    return sigmas, decode(codec, torch.cat(estimates))
-
-
-def shift_panel_fn(model, codec, label: int = 0, steps: int = 8):
-    """panel(alpha) -> Figure: the shifted sigma grid, and the model's x0 estimate at each step."""
+    On track, a sampler's xt at step i is distributed as the forward process at sigma_i; so the strip
+    shows at which steps the object is still undecided (pure noise) and at which it is already plain.
+    """
     from matplotlib.figure import Figure
 
-    def shift_panel(alpha: float):
-        sigmas, images = shift_trajectory(model, codec, label, alpha, steps)
-        fig = Figure(figsize=(1.1 * steps, 3.4), layout="constrained")
-        top, bottom = fig.subfigures(2, 1, height_ratios=(1.3, 1))
-        ax = top.subplots()
-        ax.plot(range(steps + 1), sigmas.numpy(), "o-", color="C3", label=f"shift {alpha:g}")
-        ax.plot(range(steps + 1), flow_sigmas_unshifted(steps), "k:", lw=0.8, label="shift 1")
-        ax.set(xlabel="step", ylabel="sigma", title=f"sigma schedule, {steps} Euler steps ({R.class_prompt(label)})")
-        ax.legend(fontsize=7)
-        for i, ax in enumerate(bottom.subplots(1, steps)):
-            ax.imshow(images[i])
-            ax.set_title(f"x0 at {float(sigmas[i]):.2f}", fontsize=7)
-            ax.set_axis_off()
-        return fig
-    return shift_panel
-
-
-def flow_sigmas_unshifted(steps: int) -> np.ndarray:
     from course.diffusion import flow
 
-    return flow.flow_sigmas(steps).numpy()
+    sigmas = flow.flow_sigmas(steps, shift=alpha).numpy()
+    image = shapes.render_batch([shapes.complete_scene(shapes.parse(prompt), 5)], size)
+    fig = Figure(figsize=(1.15 * steps, 3.5), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=(1.25, 1))
+    ax = top.subplots()
+    ax.plot(range(steps + 1), sigmas, "o-", color="C3", label=f"shift {alpha:g}")
+    ax.plot(range(steps + 1), flow.flow_sigmas(steps).numpy(), "k:", lw=0.8, label="shift 1")
+    ax.set(xlabel="step", ylabel="sigma", title=f"{steps} Euler steps at {size} px")
+    ax.legend(fontsize=7)
+    for i, ax in enumerate(bottom.subplots(1, steps)):
+        ax.imshow(np.clip((noisy(image, float(sigmas[i]), seed=i)[0] + 1) / 2, 0, 1), interpolation="nearest")
+        ax.set_title(f"sigma {sigmas[i]:.2f}", fontsize=7)
+        ax.set_axis_off()
+    return fig
 
 
-def shift_explorer(model, codec, label: int = 0, steps: int = 8):
-    """Explorer: the shift alpha against the sigma schedule and the sample's x0 estimate at each step."""
-    from course.widgets import Slider, explore
+def shift_explorer():
+    """Explorer: the shift alpha and the resolution against the sigma schedule and xt at each step."""
+    from course.widgets import Choice, Slider, explore
 
-    return explore(shift_panel_fn(model, codec, label, steps), static={"alpha": [1.0, 3.0]},
-                   alpha=Slider(0.25, 6.0, 0.25, 1.0))
-
+    return explore(shift_panel, static={"alpha": [1.0, 3.0], "size": [shapes.IMAGE_SIZE, SIZE]},
+                   alpha=Slider(0.25, 6.0, 0.25, 1.0), size=Choice((shapes.IMAGE_SIZE, SIZE), SIZE))
 
 if __name__ == "__main__":
     results = A.load_results()

@@ -325,7 +325,12 @@ def record(results: dict) -> dict:
     linear = gaussian_velocity_mse(banks()[2][1])
     per_t = {f: np.mean([results[run_key(f, s)]["per_t"] for s in SEEDS if run_key(f, s) in results], axis=0).round(4).tolist()
              for f in FORMULATIONS if any(run_key(f, s) in results for s in SEEDS)}
-    out = {"command": COMMAND, "table": table(results), "average_rank": average_ranks(results), "sd3_table1": SD3_TABLE1,
+    complete = tuple(s for s in SEEDS if all(run_key(f, s) in results for f in FORMULATIONS))
+    partial = {f: [s for s in SEEDS if run_key(f, s) in results] for f in FORMULATIONS}
+    out = {"command": COMMAND, "table": table(results), "average_rank": average_ranks(results, seeds=complete),
+           "ranked_seeds": list(complete), "seeds_run": partial,
+           "average_rank_by_seed": {str(s): average_ranks(results, seeds=(s,)) for s in complete},
+           "sd3_table1": SD3_TABLE1,
            "per_t": {"t": list(PER_T), "by_formulation": per_t, "gaussian_linear": [round(x, 4) for x in linear],
                      "early": results.get("early_per_t")},
            "protocol": {"net": dataclasses.asdict(NET), "steps": STEPS, "batch": BATCH, "lr": LR, "seeds": list(SEEDS),

@@ -88,9 +88,12 @@ def density_explorer():
 # ----------------------------------------------------------------------------- the stored ablation
 def ablation_figure(record: dict) -> Figure:
     """FID (log) against class accuracy for each formulation at 5 and 25 steps, seeds as points, means as labels."""
+    from matplotlib.ticker import FuncFormatter
+
     from course.recipes.timestep_ablation import EVAL_STEPS
 
     table = record["table"]
+    plain = FuncFormatter(lambda y, _: f"{y:g}")
     fig = Figure(figsize=(12, 4.2), layout="constrained")
     for ax, steps in zip(fig.subplots(1, len(EVAL_STEPS)), EVAL_STEPS):
         for k, (f, row) in enumerate(table.items()):
@@ -98,7 +101,9 @@ def ablation_figure(record: dict) -> Figure:
             ax.errorbar(r["class_accuracy"], r["fid"], xerr=r["accuracy_spread"], yerr=r["fid_spread"], fmt="o",
                         color=f"C{k}", capsize=3, label=f)
         ax.set(xlabel="class accuracy (higher is better)", ylabel="Shapes-FID (log, lower is better)", yscale="log",
-               title=f"{steps} sampling steps (bars: half the range of 2 seeds)")
+               title=f"{steps} sampling steps (bars: half the range over the seeds)")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.legend(fontsize=7, loc="upper right")
     return fig
 
