@@ -63,7 +63,7 @@ def cropped_pos_embed_table(dim: int, max_size: int, base_size: int) -> torch.Te
         max_size: M = pos_embed_max_size.
         base_size: sample_size // patch_size.
 
-    Ref: Esser et al. 2024, Sec. 5.3.1 (position grid for mixed resolutions); diffusers' PatchEmbed.
+    Ref: Esser et al. 2024 (the position grid cropped for varying sizes and aspect ratios); diffusers' PatchEmbed.
     """
     if dim % 4:
         raise ValueError(f"the 2-D sin-cos embedding needs a width divisible by 4, got {dim}")
@@ -78,7 +78,7 @@ def crop_pos_embed(table: torch.Tensor, max_size: int, h: int, w: int) -> torch.
     """The centre h x w window of an M x M position table: (M*M, D) -> (h*w, D), row-major.
 
     A smaller image reads the middle of the grid, so its tokens keep the codes they had in a
-    larger one (Sec. 5.3.1).
+    larger one.
     """
     if h > max_size or w > max_size:
         raise ValueError(f"a {h}x{w} patch grid does not fit the {max_size}x{max_size} position grid "

@@ -1,0 +1,335 @@
+"""Write notebooks/09_mmdit_sd3.ipynb, part 1 (then run tools/store_outputs.py on it).
+
+    python tools/build_nb09.py
+
+Part 1: the MM-DiT block (exercises), QK-norm measured, the size table by depth, the SD3
+pipeline and its parity, the guarded section on real SD3 folders. Part 2 (sd3-shapes and the
+capstone) is a later issue: it goes after the END OF PART 1 cell.
+The QK-norm curves come from course.recipes.qk_norm.RESULT (written by `python -m course.recipes.qk_norm`).
+"""
+
+from pathlib import Path
+
+import nbformat
+
+NB = Path(__file__).resolve().parents[1] / "notebooks" / "09_mmdit_sd3.ipynb"
+
+SETUP = '''# NBVAL_IGNORE_OUTPUT
+# Setup (the same first cell in every chapter): works locally, on Colab and under nbval.
+import importlib.util, subprocess, sys
+if "google.colab" in sys.modules and importlib.util.find_spec("course") is None:
+    repo = "https://github.com/diffusion-from-scratch/course"  # the course's public repository
+    subprocess.run(["git", "clone", "--depth", "1", repo, "/content/course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/course"], check=True)
+    sys.path.insert(0, "/content/course")
+
+from course.runtime import setup
+device = setup(seed=0)  # seeds Python, NumPy and torch; picks the device (these models are small: the CPU is fine)'''
+
+IMPORTS = '''import os
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from course import parity
+from course.nn import attention, mmdit
+from course.pipelines import sd3
+from course.recipes import qk_norm
+from course.exercises.ch09 import check_joint_attention, check_joint_block
+
+if device.type == "cpu":
+    torch.set_num_threads(1)  # small tensors: one thread is as fast and leaves the other core free'''
+
+CELLS: list[tuple[str, str]] = [
+    ("md", '''# Chapter 09 — MM-DiT and the full SD3 sampler (part 1)
+
+Chapter 06 built DiT, a transformer that denoises latent patches and hears its condition (a class
+label) only through adaLN. Chapters 07 and 08 replaced DDPM by **rectified flow** and gave it SD3's
+training recipe. This chapter builds the network of Stable Diffusion 3 (Esser et al. 2024,
+"Scaling Rectified Flow Transformers for High-Resolution Image Synthesis"), the **MM-DiT**, and the
+whole sampler around it: three text encoders → MM-DiT → flow Euler with guidance → VAE decoder.
+
+What MM-DiT changes, in one line: text is not a condition beside the image any more, it is a
+**second sequence of tokens** in the same transformer. Each modality keeps **its own weights**
+(adaLN modulation, q/k/v and output projections, MLP), and **one attention** runs over the
+concatenated image and text tokens, so text reads the image as much as the image reads the text.
+"Two sets of weights, one attention."
+
+Part 1 (this part): the block, built by you; QK-norm, measured; the model's size by depth; the SD3
+pipeline, proven equal to diffusers'; loading a real SD3 folder. Part 2 trains `sd3-shapes` and
+compares it with the U-Net of Part 1.'''),
+    ("code", SETUP),
+    ("code", IMPORTS),
+    ("md", '''## 1. The parts, in the order of SD3's figure
+
+| part | what it does | shapes (SD3-medium) |
+|---|---|---|
+| patchify, 2×2 | a 2×2 conv with stride 2 (chapter 06) | (B, 16, 128, 128) → (B, 4096, 1536) |
+| positions | 2-D sin-cos codes **cropped from the centre** of a fixed M×M grid (M = `pos_embed_max_size`, 192) | (4096, 1536) |
+| y = t_emb + pooled_emb | the timestep's sinusoid → MLP, plus the pooled CLIP vector → MLP: the one vector that drives **every adaLN** | (B, 2048) → (B, 1536) |
+| context projection | a linear map of the text tokens to the model width | (B, 333, 4096) → (B, 333, 1536) |
+| d joint blocks | two streams, one attention (below) | |
+| final adaLN + linear | LayerNorm modulated by y, D → p·p·C | (B, 4096, 64) |
+| unpatchify | back to a latent: the **velocity** v ≈ ε − x0 | (B, 16, 128, 128) |
+
+The cropped grid is how SD3 handles many sizes and aspect ratios with one position table: an image
+of h×w patches reads the middle h×w window, so its tokens keep the codes they had in a larger image.
+Below, a tiny MM-DiT (width 32, 2 blocks) run stage by stage on a non-square latent.'''),
+    ("code", '''cfg = mmdit.MMDiTConfig(sample_size=8, patch_size=2, in_channels=4, out_channels=4, depth=2, num_heads=2,
+                        head_dim=16, context_dim=24, pooled_dim=12, pos_embed_max_size=6)
+torch.manual_seed(0)
+tiny = mmdit.MMDiT(cfg).eval()
+x, t = torch.randn(2, 4, 8, 6), torch.tensor([250.0, 900.0])      # a latent of 4x3 patches; t = sigma * 1000
+context, pooled = torch.randn(2, 5, 24), torch.randn(2, 12)         # 5 text tokens of width E = 24; pooled P = 12
+with torch.no_grad():
+    tokens = tiny.x_embedder(x)
+    pos = mmdit.crop_pos_embed(tiny.pos_embed, cfg.pos_embed_max_size, 4, 3)
+    y = tiny.t_embedder(t) + tiny.y_embedder(pooled)
+    c = tiny.context_embedder(context)
+    print("patchify:", tuple(x.shape), "->", tuple(tokens.shape), "| positions: the centre 4x3 of a",
+          f"{cfg.pos_embed_max_size}x{cfg.pos_embed_max_size} grid ->", tuple(pos.shape))
+    print("y = t_emb + pooled_emb:", tuple(y.shape), "| context projection:", tuple(context.shape), "->", tuple(c.shape))
+    h = tokens + pos
+    for i, block in enumerate(tiny.blocks):
+        h, c = block(h, c, y)
+        print(f"joint block {i}: image {tuple(h.shape)}, text", "None (context_pre_only)" if c is None else tuple(c.shape))
+    v = tiny(x, t, context, pooled)
+print("final adaLN + linear + unpatchify ->", tuple(v.shape), "| a fresh model predicts v = 0:", bool((v == 0).all()))'''),
+    ("md", '''## 2. The joint block, built by you
+
+A block holds two `Stream`s, `block.x` (image) and `block.c` (text). Each has its own
+`modulation` (SiLU then a linear D → 6D on y: shift, scale and gate for the attention, then for
+the MLP: adaLN-Zero of chapter 06, once per modality), `norm1`, `attn` (its q/k/v projections,
+`attn.qkv(h)`, and its output projection `attn.to_out`), `norm2` and `mlp`. What the streams share
+is the attention itself: q, k and v of both are concatenated on the token axis and **one softmax**
+runs over all T + S tokens.
+
+**Exercise 9.1.** Write `joint_attention(qkv_x, qkv_c, heads)`: concatenate, attend once with
+`attention.attention(q, k, v, heads)` (chapter 04's multi-head attention), split the result back.'''),
+    ("code", '''def joint_attention(qkv_x, qkv_c, heads):
+    ### BEGIN SOLUTION
+    T = qkv_x[0].shape[1]
+    q, k, v = (torch.cat([a, b], dim=1) for a, b in zip(qkv_x, qkv_c))  # (B, T + S, D) each
+    out = attention.attention(q, k, v, heads)                            # (B, T + S, D)
+    return out[:, :T], out[:, T:]                                        # (B, T, D), (B, S, D)
+    ### END SOLUTION
+
+check_joint_attention(joint_attention)'''),
+    ("md", '''**Exercise 9.2.** Write the block's forward pass, `joint_block(block, x, c, y)` → (x, c), for a
+block that is neither the last one nor a dual-attention one. Per stream: chunk its modulation of
+SiLU(y) into six, modulate `norm1` of its tokens (`h * (1 + scale) + shift`), take q, k, v with
+`attn.qkv`; run your joint attention; then, per stream, add the gated output projection and the
+gated MLP of the modulated `norm2`, exactly as DiT's adaLN-Zero block did.'''),
+    ("code", '''def joint_block(block, x, c, y):
+    ### BEGIN SOLUTION
+    mx = block.x.modulation(F.silu(y)).chunk(6, dim=-1)   # shift, scale, gate (attention); shift, scale, gate (MLP)
+    mc = block.c.modulation(F.silu(y)).chunk(6, dim=-1)   # the text stream's own six
+    qkv_x = block.x.attn.qkv(block.x.norm1(x) * (1 + mx[1][:, None]) + mx[0][:, None])
+    qkv_c = block.c.attn.qkv(block.c.norm1(c) * (1 + mc[1][:, None]) + mc[0][:, None])
+    out_x, out_c = joint_attention(qkv_x, qkv_c, block.heads)
+    x = x + mx[2][:, None] * block.x.attn.to_out(out_x)
+    x = x + mx[5][:, None] * block.x.mlp(block.x.norm2(x) * (1 + mx[4][:, None]) + mx[3][:, None])
+    c = c + mc[2][:, None] * block.c.attn.to_out(out_c)
+    c = c + mc[5][:, None] * block.c.mlp(block.c.norm2(c) * (1 + mc[4][:, None]) + mc[3][:, None])
+    return x, c
+    ### END SOLUTION
+
+check_joint_block(joint_block)'''),
+    ("code", '''block = mmdit.JointBlock(64, 4)
+n_x, n_c = (sum(p.numel() for p in s.parameters()) for s in (block.x, block.c))
+print(f"one joint block at D = 64: image stream {n_x:,} parameters, text stream {n_c:,}: two sets of weights, "
+      "and no parameter in the attention itself")
+for m in (block.x.modulation, block.c.modulation):
+    torch.nn.init.normal_(m.weight, std=0.2)
+x, c, y = torch.randn(1, 16, 64), torch.randn(1, 6, 64), torch.randn(1, 64)
+with torch.no_grad():
+    ours, pkg = joint_block(block, x, c, y), block(x, c, y)
+    torch.testing.assert_close(ours, pkg)  # yours is the package's; from here on the package's is used
+    moved = block(x, c + torch.randn_like(c), y)[0]  # change only the text tokens...
+print("change the text tokens, and the image tokens change by up to", f"{(moved - pkg[0]).abs().max():.3f}",
+      "(the attention is joint); the text stream also reads the image, which cross-attention never did")'''),
+    ("md", '''Two more variants live in the same block (`course.nn.mmdit.JointBlock`):
+
+- **`context_pre_only`, the last block.** The text stream's output after the last attention would
+  never be read, so the last block drops its output projection, MLP and gates; its adaLN gives only
+  a shift and a scale (diffusers' `AdaLayerNormContinuous`).
+- **SD3.5's dual attention (MMDiT-X).** In the listed `dual_attention_layers`, the image stream
+  has a second, image-only self-attention (`attn2`) with its own shift, scale and gate (9 chunks
+  instead of 6), added after the joint attention.
+
+## 3. QK-norm, measured
+
+SD3 (Sec. 5.3.2) saw the **attention logits** q·k/√hd of its large models grow without bound in
+high-resolution training, until the softmax saturated to one-hot and the loss diverged (as
+Dehghani et al. 2023 had seen in ViT-22B). The fix: an RMSNorm with a learned scale on q and on k of
+every head, before the dot product (`qk_norm`; SD3.5 ships with it). With unit scales
+|q·k|/√hd ≤ √hd whatever the tokens; the learned scales move that bound only slowly.
+
+The experiment (`course.recipes.qk_norm`): a small MM-DiT (D = 64, 4 blocks, 4 heads of 16) learns
+rectified flow on chapter 06's one-object Shapes latents, the text a stand-in of two fixed random
+tokens per class ("colour word", "shape word"). 1,000 AdamW steps of 64, at lr 1e-3 and at a high
+lr 1e-2, with and without QK-norm, no gradient clipping; every 10 steps the largest logit of each
+block on a fixed probe batch. Stored from `python -m course.recipes.qk_norm` (about 10 minutes on
+one CPU thread):'''),
+    ("code", '''# NBVAL_IGNORE_OUTPUT
+result = qk_norm.RESULT
+fig, axes = plt.subplots(1, len(result["results"]), figsize=(13, 2.9), layout="constrained", sharey=True)
+for ax, (name, run) in zip(axes, result["results"].items()):
+    logits = np.array(run["max_logit"])  # (logs, blocks)
+    for b in range(logits.shape[1]):
+        ax.plot(run["steps"], logits[:, b], label=f"block {b}", lw=1)
+    ax.set(title=name, xlabel="step")
+axes[0].set_ylabel("max attention logit")
+axes[0].legend(fontsize=7)
+fig.suptitle("largest q.k/sqrt(hd) per block while training (stored run)", fontsize=9);'''),
+    ("code", '''for name, run in qk_norm.RESULT["results"].items():
+    start, end = np.array(run["max_logit"][0]), np.array(run["max_logit"][-1])
+    late = np.mean(run["loss"][-5:])  # the last 100 steps
+    print(f"{name:<18} max logit at step 0: {start.max():4.1f} | largest stored: {np.max(run['max_logit']):5.1f} | "
+          f"per block at step {run['steps'][-1]}: {', '.join(f'{v:4.1f}' for v in end)} | loss (last 100 steps) {late:.3f}")'''),
+    ("md", '''What the curves show. Without the norm the logits grow with training, faster at the high
+learning rate: at lr 1e-2 they climb from about 4 to peaks of 22–34 in every block within 200 steps
+(a softmax with one logit 30 above the others is one-hot), at lr 1e-3 to peaks of 7–19. With QK-norm they stay where they started, at most 5,
+at both rates, and the loss is no worse: over the last 100 steps 0.309 / 0.307 at lr 1e-3 and
+0.304 / 0.286 at lr 1e-2 (without / with; one seed each). This small model does not diverge in fp32:
+the growth is the mechanism SD3 reports, seen before it breaks anything; in their large
+mixed-precision runs it ended in divergence. Below, the same measurement live and short (60 steps
+at lr 1e-2).'''),
+    ("code", '''# NBVAL_IGNORE_OUTPUT
+bank = qk_norm.load_bank(n=1024)
+live = {qk: qk_norm.run_setting(1e-2, qk, bank, steps=60) for qk in (False, True)}
+fig, ax = plt.subplots(figsize=(6, 2.6), layout="constrained")
+for qk, run in live.items():
+    ax.plot(run["steps"], np.array(run["max_logit"]).max(axis=1), marker="o", label="QK-norm" if qk else "no norm")
+ax.set(xlabel="step", ylabel="max logit (all blocks)", title="live: lr 1e-2, 60 steps")
+ax.legend(fontsize=8);'''),
+    ("md", '''## 4. Size by depth: "800 M to 8 B"
+
+SD3 sets every size from one number, the depth d (Sec. 5.3): width 64·d, d heads of 64, d blocks,
+MLP 4×. Counted on torch's meta device (shapes without storage) with SD3's text widths (E = 4096,
+P = 2048) and 16-channel latents, by the course and by diffusers' `SD3Transformer2DModel`:'''),
+    ("code", '''rows = mmdit.sizes_by_depth((15, 18, 24, 30, 38))
+print(f"{'d':>3}{'width':>7}{'heads':>6}{'course':>16}{'diffusers':>16}{'36 d D^2':>10}")
+for r in rows:
+    approx = 36 * r["depth"] * r["width"] ** 2  # two streams x (6 D^2 modulation + 4 D^2 attention + 8 D^2 MLP) per block
+    print(f"{r['depth']:>3}{r['width']:>7}{r['heads']:>6}{r['params']:>16,}{r['diffusers']:>16,}{approx / 1e9:>9.2f}B")
+    assert r["params"] == r["diffusers"]'''),
+    ("md", '''d = 38 gives **8.06 B** parameters, the paper's largest model, and d = 24 gives **2.03 B**, SD3-medium
+(2,028,328,000 parameters, the published "2B"). The "800 M" end of the range is **d = 18** (0.86 B);
+d = 15 is 0.50 B. Almost all of it is the blocks, 36·d·D² = 147,456·d³ (the last column): the
+parameters grow with the **cube** of the depth, so d = 18 → 24 → 30 → 38 multiplies the model by
+2.4, 2.0 and 2.0. A third of each block is adaLN modulation (6D² of each stream's 18D²), as in DiT.
+
+## 5. The SD3 pipeline, equal to diffusers'
+
+`course.pipelines.sd3` puts the parts together, as SD3 does:
+
+- **Text.** Two CLIP text models with projection read the prompt; their **penultimate** states
+  (77 tokens each, 768 + 1280 channels) are concatenated on channels and **zero-padded** to T5's
+  4096; their pooled outputs are concatenated into the **pooled vector** (768 + 1280 = 2048) that
+  joins the timestep in y. The T5 encoder's states (`course.nn.t5`, from scratch: relative position
+  buckets, RMSNorm, gated GELU; equal to transformers' `T5EncoderModel`) follow on the **sequence**
+  axis: 77 + 77 = 154 tokens in the paper, 77 + 256 in diffusers' default.
+- **Sampling.** Classifier-free guidance on the velocity, the flow Euler sampler of chapter 07 on
+  the **shifted** sigma grid of chapter 08 (`course.diffusion.flow`; SD3 uses shift 3).
+- **Decoding.** SD3's VAE has **16 channels**; latents are decoded as z / scaling_factor +
+  shift_factor.
+
+The proof: diffusers' `StableDiffusion3Pipeline` built from tiny random parts (two
+`CLIPTextModelWithProjection`, a tiny `T5EncoderModel`, a 16-channel `AutoencoderKL`, an
+`SD3Transformer2DModel`, `FlowMatchEulerDiscreteScheduler`; the real CLIP BPE tokenizer and a small
+T5 tokenizer built from a hand-written Unigram vocabulary, no download), saved with
+`save_pretrained`, then loaded by diffusers and by the course's own loader,
+`load_diffusers_sd3_folder`.'''),
+    ("code", '''# NBVAL_IGNORE_OUTPUT
+folder = Path(tempfile.mkdtemp()) / "tiny-sd3"
+tiny_cfg = sd3.build_tiny_sd3_folder(folder)  # diffusers' and transformers' progress bars and notes below'''),
+    ("code", '''pipe = sd3.load_diffusers_sd3_folder(folder, t5_length=tiny_cfg["t5_length"])
+print("saved:", sorted(p.name for p in folder.iterdir()))
+prompts = ["a red circle in the top left", "a large blue square"]
+context, pooled = pipe.text_encoder(prompts)
+print("context", tuple(context.shape), "= 77 CLIP tokens + 16 T5 tokens, 48 channels | pooled", tuple(pooled.shape),
+      "= 16 + 24 | shift", pipe.shift)'''),
+    ("code", '''# NBVAL_IGNORE_OUTPUT
+from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+ref = StableDiffusion3Pipeline.from_pretrained(folder, local_files_only=True)
+ref.set_progress_bar_config(disable=True)
+latents = torch.randn((2, *pipe.latent_shape), generator=torch.Generator().manual_seed(0))
+for guidance, shift in ((4.0, 3.0), (1.0, 1.0)):
+    ref.scheduler = FlowMatchEulerDiscreteScheduler.from_config(ref.scheduler.config, shift=shift)
+    with torch.no_grad():
+        expected = ref(prompts, latents=latents.clone(), num_inference_steps=6, guidance_scale=guidance,
+                       max_sequence_length=16, height=16, width=16, output_type="np").images
+    got = (pipe.sample(prompts, steps=6, guidance=guidance, shift=shift, latents=latents) / 2 + 0.5).clamp(0, 1)
+    diff = np.abs(got.permute(0, 2, 3, 1).numpy() - expected).max()
+    print(f"guidance {guidance:g}, shift {shift:g}: max |course - diffusers| over the images = {diff:.1e}")
+    assert diff <= 1e-4
+for name in ("mmdit",):
+    print(f"{name} parity: {parity.compare(name):.1e}")
+print("the full comparison (4 settings, T5 dropped too) is parity.compare('sd3_pipeline'), run by the tests")'''),
+    ("md", '''**Dropping an encoder.** SD3 was trained with each text encoder dropped independently (its
+states replaced by zeros) 46.3% of the time, so at inference any of them can stay on disk: without
+T5 (4.7 B parameters, more than the 2 B MM-DiT) the model still works, with weaker typography and
+long prompts. `load_diffusers_sd3_folder(path, drop=("t5",))` does not load T5 and puts zeros in
+its place, as diffusers does with `text_encoder_3=None`; "clip_l" and "clip_g" can be dropped the
+same way. Below, what the MM-DiT receives for one prompt: the magnitude of every token's context
+channels.'''),
+    ("code", '''# NBVAL_IGNORE_OUTPUT
+variants = {"all three encoders": (), "T5 dropped": ("t5",), "CLIP-L dropped": ("clip_l",)}
+vmax = float(pipe.text_encoder(prompts[:1])[0].abs().max())  # one colour scale for the three panels
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), layout="constrained", sharey=True)
+for ax, (title, drop) in zip(axes, variants.items()):
+    p = sd3.load_diffusers_sd3_folder(folder, t5_length=tiny_cfg["t5_length"], drop=drop)
+    c, pl = p.text_encoder(prompts[:1])
+    ax.imshow(c[0].abs().T, aspect="auto", cmap="magma", interpolation="nearest", vmin=0, vmax=vmax)
+    ax.axvline(76.5, color="w", lw=0.8)
+    ax.set(title=f"{title}\\npooled: {int((pl[0] != 0).sum())} of {pl.shape[1]} non-zero", xlabel="token (77 CLIP | 16 T5)")
+axes[0].set_ylabel("channel (16 CLIP-L, 24 CLIP-G, 8 zero pad)")
+fig.suptitle("|context| of one prompt: a dropped encoder leaves zeros in its place", fontsize=9);'''),
+    ("md", '''## 6. Loading a real SD3 or SD3.5 folder
+
+The same loader reads the real models in diffusers format, e.g.
+`stabilityai/stable-diffusion-3-medium-diffusers` or `stabilityai/stable-diffusion-3.5-medium` (gated:
+accept the licence on Hugging Face first). Nothing here downloads: download a snapshot yourself
+when you are online (`huggingface-cli download stabilityai/stable-diffusion-3-medium-diffusers
+--local-dir ~/sd3-medium`), then point `COURSE_SD3_FOLDER` at it. In float32 the MM-DiT takes about
+8 GB, the CLIPs 3 GB and T5 19 GB: `drop=("t5",)` leaves T5 on disk. With a GPU it takes seconds; on
+a CPU one 1024×1024 image takes many minutes.'''),
+    ("code", '''# NBVAL_IGNORE_OUTPUT
+real = os.environ.get("COURSE_SD3_FOLDER")
+if real is None or not (Path(real) / "model_index.json").is_file():
+    print("no real SD3 folder: set COURSE_SD3_FOLDER to a downloaded stable-diffusion-3(-5)-*-diffusers snapshot "
+          "to run this cell (nothing is downloaded)")
+else:
+    real_pipe = sd3.load_diffusers_sd3_folder(real, drop=("t5",)).to(device)
+    print("loaded:", real_pipe.transformer.config, "| encoders:", real_pipe.text_encoder.present)
+    image = real_pipe.generate(["a red circle to the left of a blue square, flat colours"], steps=28, guidance=7.0,
+                               seed=0, size=(512, 512))
+    plt.figure(figsize=(4, 4))
+    plt.imshow(image[0])
+    plt.axis("off")
+    plt.title("SD3 through the course's pipeline (T5 dropped)", fontsize=8);'''),
+    ("md", '''---
+**END OF PART 1.** Part 2 (the next issue) trains `sd3-shapes`, an MM-DiT with rectified flow on the
+Shapes world, and closes the course with the capstone table: U-Net + DDPM against MM-DiT +
+rectified flow on the same data and compute.'''),
+]
+
+
+def build() -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    for kind, source in CELLS:
+        nb.cells.append(nbformat.v4.new_markdown_cell(source) if kind == "md" else nbformat.v4.new_code_cell(source))
+    return nb
+
+
+if __name__ == "__main__":
+    nbformat.write(build(), NB)
+    print(f"wrote {NB} ({len(CELLS)} cells)")
