@@ -159,6 +159,24 @@ MODELS: dict[str, ModelCard] = {
             pipeline="course.recipes.dit_shapes:dit_shapes_pipeline",
             storage_dtype="float16",
         ),
+        ModelCard(
+            "flow-shapes", "07",
+            "dit-shapes' network, data and steps trained with rectified flow (velocity, uniform t): Euler in few steps",
+            train="course.recipes.flow_shapes:train_flow_shapes",
+            load="course.recipes.flow_shapes:load_flow_shapes_from",
+            evaluate="course.recipes.flow_shapes:evaluate_flow_shapes",
+            pipeline="course.recipes.flow_shapes:flow_shapes_pipeline",
+            storage_dtype="float16",
+        ),
+        ModelCard(
+            "flow-shapes-reflow", "07",
+            "flow-shapes after one reflow (2-rectified flow on its own noise -> sample pairs): 1-2 Euler steps, no CFG",
+            train="course.recipes.flow_shapes:train_flow_shapes_reflow",
+            load="course.recipes.flow_shapes:load_flow_shapes_from",
+            evaluate="course.recipes.flow_shapes:evaluate_flow_shapes_reflow",
+            pipeline="course.recipes.flow_shapes:flow_shapes_pipeline",
+            storage_dtype="float16",
+        ),
     )
 }
 
