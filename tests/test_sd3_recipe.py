@@ -198,3 +198,18 @@ def test_shift_panel_draws_the_grid_and_one_image_per_step():
     assert len(fig.axes) == 1 + 4
     line = fig.axes[0].lines[0].get_ydata()
     np.testing.assert_allclose(line, flow.flow_sigmas(4, shift=3.0).numpy())
+
+
+def test_the_flow_loss_is_the_cfm_loss_on_the_ot_path_with_the_sampler_s_t():
+    """The same draws by hand: t from the sampler, eps, label dropout; xt = (1 - t) x0 + t eps, target eps - x0."""
+    from course.nn.dit import drop_labels
+
+    model = _tiny()
+    z0, y = torch.randn(16, 4, 8, 8), torch.arange(16) % 18
+    got = A.make_loss("rf/lognorm(0.50, 0.60)")(model, (z0, y), torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    t = timesteps.parse("lognorm(0.5, 0.6)").sample(16, g)
+    eps = torch.randn(z0.shape, generator=g)
+    y = drop_labels(y, R.CLASS_DROPOUT, 18, g)
+    xt, u = flow.rf_path(z0, eps, t)
+    assert torch.equal(got, ((model(xt, 1000 * t, y) - u) ** 2).mean())

@@ -42,6 +42,7 @@ from course import paths
 from course.diffusion import ddpm, flow, timesteps
 from course.nn.dit import DiT, DiTConfig, drop_labels, get_preset
 from course.recipes import dit_shapes as R
+from course.recipes import flow_shapes
 
 NET = get_preset("dit-shapes-ablation", num_classes=len(R.CLASSES), learn_sigma=False)  # D 128, depth 4, p = 2: 1.3 M
 STEPS = 900  # ~0.2-0.26 s per step on one shared CPU thread: 3-4 min of training, ~40 s of evaluation per run
@@ -52,7 +53,7 @@ SEEDS = (0, 1)
 EVAL_N = 288  # 16 images per class; the floor is measured at the same n
 EVAL_STEPS = (5, 25)  # SD3's Table 1 sampler settings are 5 and 25 steps (with CFG)
 GUIDANCE = 3.0
-NUM_TRAIN_TIMESTEPS = 1000  # the DiT's timestep input is t * 1000 for the flows (as SD3's)
+NUM_TRAIN_TIMESTEPS = int(flow_shapes.T_SCALE)  # the DiT's timestep input is t * 1000 for the flows (as SD3's)
 RUN_DIR = paths.RUNS_DIR / "sd3-recipe"
 RESULTS = RUN_DIR / "results.json"
 RECORD = Path(__file__).with_name("data") / "sd3_recipe.json"  # the committed tables the notebook reads
@@ -81,17 +82,8 @@ def is_flow(formulation: str) -> bool:
 # ----------------------------------------------------------------------------- the losses
 def make_loss(formulation: str, class_dropout: float = R.CLASS_DROPOUT):
     """(model, (z0, y), generator) -> loss, for one formulation; labels dropped for CFG as chapter 06."""
-    if is_flow(formulation):
-        sampler = timesteps.parse(formulation[3:])
-
-        def rf_loss(model: DiT, batch, generator: torch.Generator) -> torch.Tensor:
-            z0, y = batch
-            t = sampler.sample(len(z0), generator).to(z0.device)  # (B,) in (0, 1)
-            eps = torch.randn(z0.shape, generator=generator).to(z0.device)
-            xt, u = flow.rf_path(z0, eps, t)
-            y = drop_labels(y, class_dropout, model.config.num_classes, generator)
-            return flow.cfm_loss(model(xt, t * NUM_TRAIN_TIMESTEPS, y), u)
-        return rf_loss
+    if is_flow(formulation):  # chapter 07's CFM loss on the OT path, with t from this formulation's sampler
+        return flow_shapes.make_flow_loss("ot", timesteps.parse(formulation[3:]), class_dropout)
 
     schedule = DDPM_BASELINES[formulation]
 
@@ -128,21 +120,19 @@ def train(formulation: str, steps: int, run_dir: Path | None, *, seed: int = 0, 
 def sample_latents(model: DiT, formulation: str, labels: torch.Tensor, *, steps: int, guidance: float = GUIDANCE,
                    shift: float = 1.0, seed: int = 0, batch_size: int = 360) -> torch.Tensor:
     """z0 (B, 4, h, w) with CFG: Euler on `flow.flow_sigmas(steps, shift)` for rf, DDIM (trailing) otherwise."""
+    if is_flow(formulation):  # chapter 07's sampler: Euler on diffusers' flow grid, CFG on the velocity
+        return flow_shapes.sample_flow_latents(model, labels, steps=steps, guidance=guidance, shift=shift, seed=seed,
+                                               batch_size=batch_size)
+    if shift != 1.0:
+        raise ValueError("the shift applies to the flow formulations only")
     g = torch.Generator().manual_seed(seed)
     cfg = model.config
     out = []
     for i in range(0, len(labels), batch_size):
         y = labels[i : i + batch_size]
         x_T = torch.randn(len(y), cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
-        fn = R.guided_model_fn(model, y, guidance, learned_sigma=False)  # (x, timestep) -> guided output
-        if is_flow(formulation):
-            sigmas = flow.flow_sigmas(steps, shift=shift, num_train_timesteps=NUM_TRAIN_TIMESTEPS)
-            z = flow.sample(lambda x, s: fn(x, s * NUM_TRAIN_TIMESTEPS), x_T, sigmas)
-        else:
-            if shift != 1.0:
-                raise ValueError("the shift applies to the flow formulations only")
-            z = ddpm.sample(fn, None, DDPM_BASELINES[formulation], steps, method="ddim", x_T=x_T)
-        out.append(z)
+        fn = R.guided_model_fn(model, y, guidance, learned_sigma=False)  # (x, timestep) -> guided eps or v
+        out.append(ddpm.sample(fn, None, DDPM_BASELINES[formulation], steps, method="ddim", x_T=x_T))
     z0 = torch.cat(out)
     if not torch.isfinite(z0).all():
         raise FloatingPointError(f"{formulation}: the sampler produced non-finite latents")
