@@ -165,3 +165,31 @@ def test_bad_inputs_and_configs_get_clear_errors():
         mmdit.config_from_diffusers(BASE | dict(caption_projection_dim=24))
     with pytest.raises(KeyError, match="unknown MM-DiT preset"):
         mmdit.get_preset("sd4")
+
+
+def test_chapter_09_checkers_pass_a_right_answer_and_explain_a_wrong_one():
+    import torch.nn.functional as F
+
+    from course.exercises.ch09 import check_joint_attention, check_joint_block
+    from course.exercises.runner import ExerciseFailed
+    from course.nn.attention import attention
+
+    assert check_joint_attention(mmdit.joint_attention) is True
+
+    def separate(qkv_x, qkv_c, heads):  # each stream attends only to itself: not joint
+        return attention(*qkv_x, heads), attention(*qkv_c, heads)
+
+    with pytest.raises(ExerciseFailed, match="one softmax"):
+        check_joint_attention(separate)
+    assert check_joint_block(lambda block, x, c, y: block(x, c, y)) is True
+
+    def shared_weights(block, x, c, y):  # the text read through the image stream's weights
+        m = block.x.modulation(F.silu(y)).chunk(6, dim=-1)
+        h = torch.cat([x, c], dim=1)
+        q, k, v = block.x.attn.qkv(block.x.norm1(h) * (1 + m[1][:, None]) + m[0][:, None])
+        h = h + m[2][:, None] * block.x.attn.to_out(attention(q, k, v, block.heads))
+        h = h + m[5][:, None] * block.x.mlp(block.x.norm2(h) * (1 + m[4][:, None]) + m[3][:, None])
+        return h[:, :x.shape[1]], h[:, x.shape[1]:]
+
+    with pytest.raises(ExerciseFailed, match="EACH"):
+        check_joint_block(shared_weights)

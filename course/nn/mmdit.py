@@ -148,7 +148,7 @@ def max_attention_logit(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.T
     Returns:
         a 0-d tensor.
 
-    Ref: Esser et al. 2024, Sec. 5.3.2; Dehghani et al. 2023 (ViT-22B), Sec. 3.
+    Ref: Esser et al. 2024, Sec. 5.3.2; Dehghani et al. 2023 (ViT-22B).
     """
     B, T, D = q.shape
     hd = D // heads

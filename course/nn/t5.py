@@ -1,8 +1,9 @@
 """The T5 encoder, SD3's third text encoder, from scratch (transformers' T5EncoderModel, T5 v1.1).
 
 SD3 reads the prompt with two CLIPs and with T5-XXL's encoder (4.7 B parameters), whose per-token
-states carry what contrastive CLIP does not train for: word order, counts, spelling (SD3 Sec. 5.3.3
-and Fig. 7, typography). T5 is a plain pre-LayerNorm transformer encoder with three twists:
+states carry what contrastive CLIP does not train for: word order, counts, spelling (in SD3 it
+matters most for typography and long prompts). T5 is a plain pre-LayerNorm transformer encoder
+with three twists:
 
     ids (B, S) --embedding--> (B, S, D)             no absolute positions at all
     N blocks:  x + SelfAttention(RMSNorm(x), + relative position bias)

@@ -11,7 +11,7 @@ SD3 (Esser et al. 2024) is text -> MM-DiT -> flow Euler with guidance -> VAE dec
     image = VAE.decode(z0 / scaling_factor + shift_factor)
 
 The paper joins 77 CLIP and 77 T5 tokens (154); diffusers' pipeline defaults to L = 256 T5 tokens
-(`max_sequence_length`), as here. Each encoder can be left out (SD3 Sec. 5.3.3: trained with each
+(`max_sequence_length`), as here. Each encoder can be left out (SD3 was trained with each
 one dropped independently 46.3% of the time, so T5's 4.7 B parameters can stay on disk at
 inference): its states and pooled vector become zeros of the same shape, as diffusers does for T5.
 
@@ -94,7 +94,7 @@ class SD3PromptEncoder(nn.Module):
         clip_length: S, the CLIP tokens (77).
         t5_length: L, the T5 tokens (diffusers' max_sequence_length, 256).
 
-    Ref: Esser et al. 2024, Sec. 5.3.3 and Appendix B.2; diffusers StableDiffusion3Pipeline.encode_prompt.
+    Ref: Esser et al. 2024 (the three text encoders); diffusers StableDiffusion3Pipeline.encode_prompt.
     """
 
     def __init__(self, clip_l: PromptEncoder | None, clip_g: PromptEncoder | None, t5: T5PromptEncoder | None, *,
@@ -187,7 +187,7 @@ class SD3TextToImage(TextToImage):
         dynamic_shift: the scheduler's dynamic-shift settings, or None.
         num_train_timesteps: the MM-DiT reads t = sigma * num_train_timesteps.
 
-    Ref: Esser et al. 2024, Sec. 3 (rectified flow), Sec. 5.3.2 (shift), Sec. 4 (MM-DiT); Ho & Salimans 2022 (CFG).
+    Ref: Esser et al. 2024, Eq. 23 (the shift) and Sec. 4 (MM-DiT); Ho & Salimans 2022 (CFG).
     """
 
     def __init__(self, transformer: MMDiT, text_encoder: SD3PromptEncoder, codec: nn.Module, image_size: int, *,
