@@ -222,9 +222,29 @@ for r in rows:
 (2,028,328,000 parameters, the published "2B"). The "800 M" end of the range is **d = 18** (0.86 B);
 d = 15 is 0.50 B. Almost all of it is the blocks, 36·d·D² = 147,456·d³ (the last column): the
 parameters grow with the **cube** of the depth, so d = 18 → 24 → 30 → 38 multiplies the model by
-2.4, 2.0 and 2.0. A third of each block is adaLN modulation (6D² of each stream's 18D²), as in DiT.
+2.4, 2.0 and 2.0. A third of each block is adaLN modulation (6D² of each stream's 18D²), as in DiT.'''),
+    ("md", '''The proof that the course's MM-DiT is SD3's: diffusers' `SD3Transformer2DModel` with random weights (every
+one perturbed, the RMSNorm scales too), copied in by `MMDiT.from_diffusers`, the same non-square latent,
+text tokens and fractional timesteps, for several configurations (`parity.compare("mmdit", config)`); and the
+T5 encoder against transformers' `T5EncoderModel`, with a padding mask and more tokens than `max_distance`.
+The MM-DiT comes out exactly equal, 0.0: the same float32 operations in the same order; T5 differs by
+float rounding (below 1e-6).'''),
+    ("code", '''# NBVAL_IGNORE_OUTPUT
+from course.nn import t5
 
-## 5. The SD3 pipeline, equal to diffusers'
+base = mmdit.PARITY_DEFAULT_CONFIG
+for label, overrides in {"QK-norm, dual attention in block 0, p = 2": {},
+                         "no QK-norm, no dual attention (SD3-medium's kind)": dict(qk_norm=None, dual_attention_layers=()),
+                         "p = 1": dict(patch_size=1, pos_embed_max_size=10),
+                         "p = 4, 16x16 latents": dict(patch_size=4, sample_size=16, pos_embed_max_size=6),
+                         "4 blocks, width 48, E = 40, P = 8, dual in 0 and 2": dict(
+                             num_attention_heads=2, attention_head_dim=24, caption_projection_dim=48, joint_attention_dim=40,
+                             pooled_projection_dim=8, num_layers=4, dual_attention_layers=(0, 2))}.items():
+    diff = parity.compare("mmdit", base | overrides)
+    print(f"mmdit, {label:<52} max |course - diffusers| = {diff:.1e}")
+    assert diff <= 1e-5
+print(f"t5, {'3 blocks, gated GELU, 8 buckets, 30 tokens, padding mask':<55} max |course - transformers| = {t5.parity_t5():.1e}")'''),
+    ("md", '''## 5. The SD3 pipeline, equal to diffusers'
 
 `course.pipelines.sd3` puts the parts together, as SD3 does:
 
