@@ -213,13 +213,17 @@ for f, r in rows.items():
 print(f"FID floor (real vs real, n = {record['protocol']['eval_n']}): {rows['rf/uniform']['25']['fid_floor']}")
 '''),
     code('''
-print(f"{'rank':<5}{'miniature (avg rank)':<34}{'SD3 Table 1 (avg rank)':<30}")
-sd3 = sorted(record["sd3_table1"].items(), key=lambda kv: kv[1])
-mini = list(record["average_rank"].items())
-for i in range(max(len(mini), len(sd3))):
-    left = f"{mini[i][0]} ({mini[i][1]:.2f})" if i < len(mini) else ""
-    right = f"{sd3[i][0]} ({sd3[i][1]:.2f})" if i < len(sd3) else ""
-    print(f"{i + 1:<5}{left:<34}{right:<30}")
+mini, sd3 = record["average_rank"], record["sd3_table1"]
+by_seed = record["average_rank_by_seed"]
+print(f"ranked over seeds {record['ranked_seeds']} x steps {record['protocol']['eval_steps']}")
+print(f"{'formulation':<24}{'miniature':>10}" + "".join(f"{'seed ' + s:>8}" for s in by_seed) + f"{'SD3 Table 1':>13}")
+for f, r in mini.items():
+    seeds = "".join(f"{by_seed[s][f]:>8.2f}" for s in by_seed)
+    print(f"{f:<24}{r:>10.2f}{seeds}{sd3[f] if f in sd3 else '(not quoted)':>13}")
+common = [f for f in mini if f in sd3]
+from scipy.stats import spearmanr
+rho = spearmanr([mini[f] for f in common], [sd3[f] for f in common]).statistic  # ties get their average rank
+print(f"Spearman correlation with SD3's order on the {len(common)} formulations both rank: {rho:+.2f}")
 '''),
     code('''
 # NBVAL_IGNORE_OUTPUT
