@@ -177,6 +177,15 @@ MODELS: dict[str, ModelCard] = {
             pipeline="course.recipes.flow_shapes:flow_shapes_pipeline",
             storage_dtype="float16",
         ),
+        ModelCard(
+            "sd3-shapes", "09",
+            "mini SD3: MM-DiT with three text streams (two mini-CLIPs + MiniLM), rectified flow, Euler + CFG",
+            train="course.recipes.sd3_shapes:train_sd3_shapes",
+            load="course.recipes.sd3_shapes:load_sd3_shapes_from",
+            evaluate="course.recipes.sd3_shapes:evaluate_sd3_shapes",
+            pipeline="course.recipes.sd3_shapes:sd3_shapes_pipeline",
+            storage_dtype="float16",
+        ),
     )
 }
 

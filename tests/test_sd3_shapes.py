@@ -1,0 +1,210 @@
+"""sd3-shapes: the three cached text streams, per-encoder dropout, the rectified-flow loss, the sampler,
+the loader's checks, concept bleeding, and the shipped model when it exists."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from course import checkpoints
+from course.nn.mmdit import MMDiT
+from course.recipes import sd3_shapes as S
+from course.world import shapes
+
+TINY = dataclasses.replace(S.SD3_SHAPES, depth=2, num_heads=2, head_dim=16)  # D = 32
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return S._frozen_parts()
+
+
+@pytest.fixture(scope="module")
+def bank(parts, tmp_path_factory):
+    text, codec, _ = parts
+    return S.build_bank(text, codec, n=64, seed=5, cache=tmp_path_factory.mktemp("bank") / "bank.safetensors")
+
+
+def _shipped(name):
+    try:
+        checkpoints.manifest_entry(name)
+    except KeyError:
+        pytest.skip(f"{name} is not shipped yet")
+
+
+# ----------------------------------------------------------------------------- text streams and the cache
+def test_cached_streams_assemble_into_what_the_pipeline_encodes(parts):
+    text = parts[0]
+    prompts = ["a red circle", "a picture of a large blue square in the top left and a small green triangle in the "
+                               "bottom right"]
+    context, pooled = text(prompts)  # the pipeline's own layout (course.pipelines.sd3)
+    assert context.shape == (2, S.CLIP_LENGTH + S.MINILM_LENGTH, S.E) and pooled.shape == (2, S.P1 + S.P2)
+    c2, p2 = S.assemble(S.encode_streams(text, prompts))
+    torch.testing.assert_close(c2, context, atol=0.02, rtol=2e-3)  # float16 cache
+    torch.testing.assert_close(p2, pooled, atol=0.01, rtol=2e-3)
+    assert (context[:, : S.CLIP_LENGTH, S.D1 + S.D2 :] == 0).all()  # the CLIP channels are zero-padded to E
+    assert text.check_prompts(prompts) == []  # the longest captions fit the 24 tokens
+
+
+def test_the_bank_cache_round_trips_and_is_keyed(parts, tmp_path, monkeypatch):
+    text, codec, _ = parts
+    cache = tmp_path / "bank.safetensors"
+    first = S.build_bank(text, codec, n=16, seed=5, cache=cache)
+    assert first.z0.shape == (16, 4, 8, 8) and first.streams["minilm"].dtype == torch.float16
+    assert len(set(first.captions)) > 8 and first.captions == S.bank_captions(shapes.sample_scenes(16, 5), 5)
+    calls = []
+    real = S.encode_streams
+    monkeypatch.setattr(S, "encode_streams", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = S.build_bank(text, codec, n=16, seed=5, cache=cache)
+    assert calls == []  # read from the cache, nothing re-encoded
+    for k in first.streams:
+        assert torch.equal(again.streams[k], first.streams[k])
+    assert torch.equal(again.z0, first.z0)
+    S.build_bank(text, codec, n=8, seed=5, cache=cache)
+    assert calls == [1]  # another bank: the cache's key does not match, so it is rebuilt
+
+
+def test_each_stream_drops_independently_at_sd3s_rate():
+    keep = S.drop_mask(200_000, torch.Generator().manual_seed(0)).float()  # (N, 3)
+    np.testing.assert_allclose(keep.mean(0).numpy(), 1 - S.CAPTION_DROPOUT, atol=0.004)
+    all_dropped = float((keep.sum(1) == 0).float().mean())
+    assert abs(all_dropped - S.CAPTION_DROPOUT**3) < 0.003  # independent: CFG's unconditional share ~9.9%
+    corr = np.corrcoef(keep.numpy().T)
+    assert np.abs(corr - np.eye(3)).max() < 0.01
+
+
+def test_batches_zero_exactly_the_dropped_streams(bank):
+    z0, context, pooled = S.make_batch_fn(bank, caption_dropout=0.5)(0, 64, torch.Generator().manual_seed(3))
+    assert z0.shape == (64, 4, 8, 8) and context.shape == (64, 48, S.E) and pooled.shape == (64, S.P1 + S.P2)
+    clip_l = context[:, : S.CLIP_LENGTH, : S.D1].abs().sum((1, 2)) > 0
+    clip_g = context[:, : S.CLIP_LENGTH, S.D1 : S.D1 + S.D2].abs().sum((1, 2)) > 0
+    minilm = context[:, S.CLIP_LENGTH :].abs().sum((1, 2)) > 0
+    assert torch.equal(clip_l, pooled[:, : S.P1].abs().sum(1) > 0)  # a stream's states and pooled drop together
+    assert torch.equal(clip_g, pooled[:, S.P1 :].abs().sum(1) > 0)
+    for kept in (clip_l, clip_g, minilm):
+        assert 16 < int(kept.sum()) < 48
+    assert not torch.equal(clip_l, minilm)  # not one mask for all three
+    _, context, _ = S.make_batch_fn(bank, caption_dropout=0.0)(0, 8, torch.Generator().manual_seed(3))
+    assert (context[:, S.CLIP_LENGTH :].abs().sum((1, 2)) > 0).all()
+
+
+# ----------------------------------------------------------------------------- the loss and training
+def test_the_loss_is_rectified_flow_with_logit_normal_t():
+    torch.manual_seed(0)
+    model = MMDiT(TINY)  # zero-initialised output: v = 0, so the loss is E||eps - x0||^2
+    z0 = torch.randn(256, 4, 8, 8)
+    batch = (z0, torch.zeros(256, 48, S.E), torch.zeros(256, S.P1 + S.P2))
+    loss = S.sd3_loss(model, batch, torch.Generator().manual_seed(0))
+    assert abs(float(loss.detach()) - 2.0) < 0.05  # E||eps - x0||^2 per element = 1 + 1 for independent unit Gaussians
+    seen = []
+    real = model.forward
+    model.forward = lambda x, t, c, p, **k: seen.append(t) or real(x, t, c, p, **k)
+    S.sd3_loss(model, batch, torch.Generator().manual_seed(1))
+    t = seen[0] / S.T_SCALE
+    logit = torch.log(t / (1 - t))
+    assert abs(float(logit.mean())) < 0.2 and abs(float(logit.std()) - 1.0) < 0.15  # logit-normal(0, 1)
+
+
+def test_a_tiny_model_learns_on_the_bank(bank):
+    from course.train import TrainConfig, fit
+
+    torch.manual_seed(0)
+    model = MMDiT(TINY)
+    result = fit(model, S.sd3_loss, S.make_batch_fn(bank), TrainConfig(steps=80, batch_size=32, lr=3e-3, warmup_steps=5,
+                 ema_decay=None), progress=False)
+    first, last = np.mean(result.losses[:10]), np.mean(result.losses[-10:])
+    assert last < 0.85 * first, (first, last)
+
+
+# ----------------------------------------------------------------------------- the sampler and the loader
+def _tiny_model(parts, seed=0):
+    torch.manual_seed(seed)
+    model = MMDiT(TINY)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))  # away from the zero init, so text and guidance matter
+    text, codec, _ = parts
+    return S.SD3Shapes(model.eval(), text, codec)
+
+
+def test_the_sampler_uses_cfg_against_all_streams_dropped_and_its_defaults(parts):
+    pipe = _tiny_model(parts).pipeline()
+    assert (pipe.default_steps, pipe.default_guidance) == (S.SAMPLE_STEPS, S.GUIDANCE)
+    cond, uncond = pipe.encode_prompts(["a red circle"], None, 3.0)
+    assert (uncond[0] == 0).all() and (uncond[1] == 0).all()  # the unconditional model is every stream dropped
+    assert pipe.encode_prompts(["a red circle"], None, 1.0)[1] is None
+    prompts = ["a red circle", "a blue square and a green triangle"]
+    a = pipe.generate(prompts, steps=3, seed=1)  # defaults for the guidance
+    assert a.shape == (2, 64, 64, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, pipe.generate(prompts, steps=3, seed=1))
+    z = {w: pipe.sample_latents(prompts, steps=3, guidance=w, seed=1) for w in (1.0, 4.0)}
+    assert not torch.allclose(z[1.0], z[4.0])
+    no_minilm = _tiny_model(parts).pipeline(drop=("minilm",))
+    assert no_minilm.text_encoder.present == ("clip_l", "clip_g")
+    assert not torch.allclose(no_minilm.sample_latents(prompts, steps=3, seed=1), z[4.0])
+    with pytest.raises(ValueError, match="streams are"):
+        _tiny_model(parts).pipeline(drop=("t5",))
+
+
+def test_the_loader_rebuilds_and_refuses_parts_it_was_not_trained_with(parts):
+    model = _tiny_model(parts)
+    tensors = {k: v.clone() for k, v in model.transformer.state_dict().items()}
+    config = {"mmdit": dataclasses.asdict(TINY), "parts": parts[2], "sample_steps": 12, "guidance": 2.5}
+    loaded = S.load_sd3_shapes_from(tensors, config)
+    for k, v in loaded.transformer.state_dict().items():
+        assert torch.equal(v, tensors[k])
+    pipe = S.sd3_shapes_pipeline(loaded, config)
+    assert (pipe.default_steps, pipe.default_guidance) == (12, 2.5)
+    for part in (S.CLIP_L, S.MINILM, S.VAE):
+        wrong = dict(config, parts={**parts[2], part: "0" * 64})
+        with pytest.raises(ValueError, match=f"trained on {part}.*retrain"):
+            S.load_sd3_shapes_from(tensors, wrong)
+    with pytest.raises(Exception, match="expects"):
+        S.load_sd3_shapes_from(tensors, dict(config, mmdit=dataclasses.asdict(dataclasses.replace(TINY, depth=3))))
+
+
+# ----------------------------------------------------------------------------- concept bleeding
+def _two_object_scenes(n=40):
+    scenes = [s for s in shapes.sample_scenes(400, 11) if len(s.objects) == 2
+              and s.objects[0].color != s.objects[1].color and s.objects[0].shape != s.objects[1].shape]
+    return scenes[:n]
+
+
+def test_concept_bleeding_tells_swapped_and_merged_colours_from_bound_ones():
+    scenes = _two_object_scenes()
+    prompts = [shapes.caption(s) for s in scenes]
+    right = S.concept_bleeding(shapes.render_batch(scenes), prompts)
+    assert right["n"] == len(scenes) and right["bound"] >= 0.95 and right["bleeding"] <= 0.05
+
+    def recolour(scene, first, second):
+        a, b = scene.objects
+        return dataclasses.replace(scene, objects=(dataclasses.replace(a, color=first), dataclasses.replace(b, color=second)))
+
+    swapped = [recolour(s, s.objects[1].color, s.objects[0].color) for s in scenes]
+    merged = [recolour(s, s.objects[0].color, s.objects[0].color) for s in scenes]
+    out = S.concept_bleeding(shapes.render_batch(swapped), prompts)
+    assert out["swapped"] >= 0.95 and out["bound"] <= 0.05 and out["bleeding"] >= 0.95
+    out = S.concept_bleeding(shapes.render_batch(merged), prompts)
+    assert out["merged"] >= 0.95 and out["swapped"] <= 0.05
+    one = S.concept_bleeding(shapes.render_batch(scenes[:2]), ["a red circle", "a blue square"])
+    assert one["n"] == 0  # one-object prompts are not eligible
+    with pytest.raises(ValueError, match="one prompt per image"):
+        S.concept_bleeding(shapes.render_batch(scenes[:2]), prompts[:1])
+
+
+# ----------------------------------------------------------------------------- the shipped model
+def test_the_card_and_the_shipped_model():
+    from course import zoo
+
+    card = zoo.card("sd3-shapes")
+    assert card.storage_dtype == "float16" and card.pipeline.endswith("sd3_shapes_pipeline")
+    _shipped("sd3-shapes")
+    from course.pipelines.base import load
+
+    pipe = load("sd3-shapes")
+    assert (pipe.default_steps, pipe.default_guidance) == (S.SAMPLE_STEPS, S.GUIDANCE)
+    images = pipe.generate(["a red circle", "a large blue square in the center"], seed=0)
+    from course.world import metrics
+
+    assert metrics.shapes_eval(images, ["a red circle", "a large blue square in the center"]).color >= 0.5
