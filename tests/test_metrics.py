@@ -101,3 +101,40 @@ def test_is_cut_off_reads_the_box():
     assert not metrics.is_cut_off(whole, 64) and metrics.is_cut_off(cut, 64) and not metrics.is_cut_off(inner, 64)
     with pytest.raises(ValueError, match="square uint8 RGB"):
         metrics.sharpness(np.zeros((2, 64, 64, 3), dtype=np.float32))
+
+
+def test_prompt_styles_describe_the_same_scenes():
+    scenes = shapes.sample_scenes(64, 11)
+    canonical, paraphrase, short = (metrics.style_prompts(scenes, s) for s in metrics.PROMPT_STYLES)
+    assert canonical == [shapes.caption(s) for s in scenes]
+    assert paraphrase == metrics.style_prompts(scenes, "paraphrase")  # seeded
+    assert paraphrase != metrics.style_prompts(scenes, "paraphrase", seed=1)
+    assert paraphrase != canonical and {shapes.caption_kind(p) for p in paraphrase} >= {"partial", "full"}
+    for scene, p in zip(scenes, short):
+        assert [(o.color, o.shape) for o in shapes.parse(p).objects] == [(o.color, o.shape) for o in scene.objects]
+    with pytest.raises(ValueError, match="prompt style"):
+        metrics.style_prompts(scenes, "long")
+
+
+def test_prompt_style_eval_scores_real_renders_fully_and_fails_wrong_colours():
+    scenes = shapes.sample_scenes(48, 12)
+    render = lambda prompts: shapes.render_batch(scenes)  # noqa: E731 - a perfect model of these scenes
+    table = metrics.style_table(metrics.prompt_style_eval(render, scenes))
+    for style in metrics.PROMPT_STYLES:
+        for group in ("one", "two"):
+            assert table[f"style_{style}_{group}_full_match"] >= 0.99 and table[f"style_{style}_{group}_n"] > 0
+    recoloured = [shapes.Scene(tuple(shapes.SceneObject("red" if o.color != "red" else "blue", o.shape, o.position,
+                                                        o.size, o.offset) for o in s.objects)) for s in scenes]
+    wrong = metrics.style_table(metrics.prompt_style_eval(lambda p: shapes.render_batch(recoloured), scenes, ("short",)))
+    assert wrong["style_short_one_full_match"] == 0.0 and wrong["style_short_one_color"] == 0.0
+    assert wrong["style_short_one_shape"] == 1.0  # the shapes are right: the attribute breakdown says what failed
+
+
+def test_caption_shares_count_what_captions_leave_out():
+    caps = ["", "a red circle", "a large red circle in the center", "a red circle in the center",
+            "a red circle to the left of a blue square", "a blue square and a red circle"]
+    shares = metrics.caption_shares(caps)
+    assert shares["empty"] == round(1 / 6, 4) and shares["short"] == round(2 / 6, 4)
+    assert shares["full"] == round(1 / 6, 4) and shares["partial"] == round(2 / 6, 4)
+    assert shares["relation"] == round(1 / 6, 4) and shares["short_one"] == round(1 / 3, 4)
+    assert shares["short_two"] == 0.5

@@ -191,3 +191,26 @@ def test_variants_at_a_bucket():
     assert {v.original_size[0] > 48 for v in variants} == {True, False}
     with pytest.raises(ValueError, match="shares"):
         shapes.sample_variants(4, p_crop=0.8, p_lowres=0.5)
+
+
+def test_short_captions_state_colour_and_shape_only():
+    scenes = shapes.sample_scenes(200, 3)
+    for scene in scenes:
+        text = shapes.short_caption(scene)
+        parsed = shapes.parse(text)
+        assert [(o.color, o.shape) for o in parsed.objects] == [(o.color, o.shape) for o in scene.objects]
+        assert all(o.size is None and o.position is None for o in parsed.objects) and parsed.relation is None
+        assert shapes.caption_kind(text) == "short"
+        assert shapes.caption_kind(shapes.caption(scene)) == "full"
+    assert shapes.short_caption(shapes.parse("a large red circle in the center and a blue square")) == \
+        "a red circle and a blue square"
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("a red circle", "short"), ("an image of a red circle and a blue square", "short"),
+    ("a large red circle", "partial"), ("a red circle in the center", "partial"),
+    ("a red circle to the left of a blue square", "partial"), ("a small red circle to the left of a big blue square", "partial"),
+    ("a big red circle at the top and a little blue square in the middle", "full"),
+])
+def test_caption_kind(text, kind):
+    assert shapes.caption_kind(text) == kind

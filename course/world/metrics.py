@@ -241,6 +241,102 @@ def shapes_eval(images: np.ndarray, prompts: list[str]) -> ShapesEvalReport:
     return _summarise(results)
 
 
+# ----------------------------------------------------------------------------- prompt styles
+
+PROMPT_STYLES = ("canonical", "paraphrase", "short")  # see `style_prompts`
+ATTRIBUTES = ("full_match", "color", "shape", "binding", "position", "size", "count")
+
+
+def style_prompts(scenes: list[shapes.Scene], style: str, seed: int = 0) -> list[str]:
+    """One prompt per scene in a prompt style.
+
+    Args:
+        scenes: held-out scenes (never the training bank's).
+        style: "canonical" (`shapes.caption(scene)`: every size and position, the shipped evaluations'
+            prompts), "paraphrase" (the world's random paraphrases and partial captions,
+            `shapes.caption(scene, rng)` with rng seeded by `seed`: synonyms, prefixes, relations,
+            sizes or positions left out) or "short" (`shapes.short_caption`: colour and shape only,
+            "a red circle and a blue square", what a person types first).
+        seed: seeds the paraphrases.
+
+    Returns:
+        len(scenes) prompts.
+    """
+    if style == "canonical":
+        return [shapes.caption(sc) for sc in scenes]
+    if style == "paraphrase":
+        rng = np.random.default_rng(seed)
+        return [shapes.caption(sc, rng) for sc in scenes]
+    if style == "short":
+        return [shapes.short_caption(sc) for sc in scenes]
+    raise ValueError(f"unknown prompt style {style!r}; choose one of {PROMPT_STYLES}")
+
+
+def prompt_style_eval(generate, scenes: list[shapes.Scene], styles=PROMPT_STYLES,
+                      seed: int = 0) -> dict[str, ShapesEvalReport]:
+    """ShapesEval of a text-to-image model on the same held-out scenes, prompted in each style.
+
+    Args:
+        generate: prompts (list of str) -> uint8 images (B, H, W, 3), e.g. a pipeline's `generate` at
+            the model's recommended steps and guidance.
+        scenes: the held-out scenes.
+        styles: which of PROMPT_STYLES.
+        seed: seeds the paraphrases.
+
+    Returns:
+        {style: ShapesEvalReport}; `.by_objects()` of each splits one- and two-object prompts.
+    """
+    return {style: shapes_eval(generate(style_prompts(scenes, style, seed)), style_prompts(scenes, style, seed))
+            for style in styles}
+
+
+def style_table(reports: dict[str, ShapesEvalReport], prefix: str = "") -> dict[str, float]:
+    """Flat metrics of `prompt_style_eval`: {prefix}style_{style}_{one|two}_{attribute} for every ATTRIBUTES."""
+    out = {}
+    for style, report in reports.items():
+        for k, part in report.by_objects().items():
+            group = {1: "one", 2: "two"}[k]
+            for attr in ATTRIBUTES:
+                out[f"{prefix}style_{style}_{group}_{attr}"] = round(getattr(part, attr), 4)
+            out[f"{prefix}style_{style}_{group}_n"] = part.n
+    return out
+
+
+def caption_shares(captions: list[str]) -> dict[str, float]:
+    """How often captions are empty, short, partial or full (`shapes.caption_kind`), and what they leave out.
+
+    Returns:
+        shares of all captions: "empty", "short", "partial", "full", "no_size" (some object without a
+        size), "no_position" (some object without a position), "relation"; and the same split by the
+        number of objects ("short_one", "short_two", ...), each as a share of the captions with that many.
+    """
+    counts: dict[str, int] = {}
+    per_objects: dict[int, int] = {}
+    for text in captions:
+        if text == "":
+            counts["empty"] = counts.get("empty", 0) + 1
+            continue
+        scene = shapes.parse(text)
+        k = len(scene.objects)
+        per_objects[k] = per_objects.get(k, 0) + 1
+        kind = shapes.caption_kind(text)
+        group = {1: "one", 2: "two"}[k]
+        for key in (kind, f"{kind}_{group}"):
+            counts[key] = counts.get(key, 0) + 1
+        for key, hit in (("no_size", any(o.size is None for o in scene.objects)),
+                         ("no_position", any(o.position is None for o in scene.objects)),
+                         ("relation", scene.relation is not None)):
+            if hit:
+                counts[key] = counts.get(key, 0) + 1
+    n = len(captions)
+    out = {key: round(counts.get(key, 0) / n, 4) for key in ("empty", "short", "partial", "full", "no_size",
+                                                            "no_position", "relation")}
+    for k, group in ((1, "one"), (2, "two")):
+        for kind in ("short", "partial", "full"):
+            out[f"{kind}_{group}"] = round(counts.get(f"{kind}_{group}", 0) / max(per_objects.get(k, 0), 1), 4)
+    return out
+
+
 # ----------------------------------------------------------------------------- FID
 
 

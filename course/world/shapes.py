@@ -375,6 +375,25 @@ def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
     return prefix + " and ".join(phrases)
 
 
+def short_caption(scene: Scene) -> str:
+    """Colour and shape only, what a person types first: "a red circle", "a red circle and a blue square"."""
+    return " and ".join(f"a {o.color} {o.shape}" for o in scene.objects)
+
+
+def caption_kind(text: str) -> str:
+    """Which of a caption's optional parts it states, by what `parse` reads from it: "full" (every
+    object's size and position), "short" (no size, no position, no relation: colour and shape only)
+    or "partial" (anything between, e.g. sizes without positions, or a relation instead of positions)."""
+    scene = parse(text)
+    sized = [o.size is not None for o in scene.objects]
+    placed = [o.position is not None for o in scene.objects]
+    if all(sized) and all(placed):
+        return "full"
+    if not any(sized) and not any(placed) and scene.relation is None:
+        return "short"
+    return "partial"
+
+
 def _vocabulary() -> list[str]:
     words = {"a", "an", "one", "and", "in", "at", "on", "the", "of", "to", "picture", "image", "drawing"}
     words |= set(PALETTE) | set(SHAPES) | {w for p in POSITIONS for w in p.split()} | {"middle", "centre"}
