@@ -213,3 +213,23 @@ def test_parity_detects_a_wrong_step(monkeypatch):
     monkeypatch.setattr(ddpm, "_clip", lambda x0, schedule: x0)
     assert scheduler_parity.parity_ddpm_scheduler(dict(SMALL, clip_sample=True), seed=0) > 0.1
     assert scheduler_parity.parity_ddim_scheduler(dict(SMALL, clip_sample=True), seed=0) > 0.1
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddim_use_clipped_model_output_equals_diffusers(prediction_type):
+    """eps_hat recomputed from the clipped x0_hat, as DDIMScheduler.step(use_clipped_model_output=True)."""
+    config = dict(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
+                  clip_sample=True)
+    ref, s = DDIMScheduler(**config), ddpm.schedule_from_diffusers(config)
+    ref.set_timesteps(10)
+    g = torch.Generator().manual_seed(5)
+    xt = torch.randn(2, 1, 4, 4, generator=g)
+    differs = False
+    for t in ref.timesteps.tolist():
+        out = 3 * torch.randn(2, 1, 4, 4, generator=g)  # large, so that x0_hat leaves [-1, 1] and clipping acts
+        a = ref.step(out, t, xt, use_clipped_model_output=True).prev_sample
+        b = ddpm.ddim_step(out, t, xt, s, t - 10, use_clipped_model_output=True).x_prev
+        torch.testing.assert_close(b, a, atol=TOL, rtol=0)
+        differs |= bool((ddpm.ddim_step(out, t, xt, s, t - 10).x_prev - a).abs().max() > 1e-3)
+        xt = a
+    assert differs  # the option changes the step, so the comparison above can fail

@@ -410,13 +410,16 @@ def ddpm_step(model_output: torch.Tensor, t: int, xt: torch.Tensor, schedule: Sc
 
 
 def ddim_step(model_output: torch.Tensor, t: int, xt: torch.Tensor, schedule: Schedule,
-              prev_t: int | None = None, eta: float = 0.0, noise: torch.Tensor | None = None) -> StepOutput:
+              prev_t: int | None = None, eta: float = 0.0, noise: torch.Tensor | None = None,
+              use_clipped_model_output: bool = False) -> StepOutput:
     """One DDIM step t -> prev_t: x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - s^2) eps_hat + s z.
 
     s = eta * sqrt((1 - ab_prev) / (1 - ab_t)) * sqrt(1 - ab_t / ab_prev); eta = 0 is the
     deterministic DDIM, eta = 1 the DDPM posterior noise of the step (see the module docstring).
     Past the last step (prev_t < 0) alpha_bar is 1, or alpha_bar[0] if not schedule.set_alpha_to_one.
-    As in diffusers, eps_hat is the model's own (not recomputed from a clipped x0_hat).
+    As in diffusers, eps_hat is the model's own unless `use_clipped_model_output`: then it is
+    recomputed from the clipped x0_hat, eps_hat = (xt - sqrt(ab_t) x0_hat) / sqrt(1 - ab_t), so the
+    step's two terms describe the same xt again (diffusers' `use_clipped_model_output=True`).
 
     Args:
         model_output: (B, ...) the model's output at (xt, t), read by schedule.prediction_type.
@@ -426,6 +429,7 @@ def ddim_step(model_output: torch.Tensor, t: int, xt: torch.Tensor, schedule: Sc
         prev_t: the timestep to step to; default t - 1.
         eta: 0 ... 1, how much fresh noise to inject.
         noise: (B, ...) standard Gaussian noise; needed only when eta > 0.
+        use_clipped_model_output: recompute eps_hat from the clipped x0_hat (matters only with clip_sample).
 
     Returns:
         StepOutput(x_prev, x0).
@@ -441,6 +445,8 @@ def ddim_step(model_output: torch.Tensor, t: int, xt: torch.Tensor, schedule: Sc
         model_output, _ = split_learned_sigma(model_output, xt)
     x0, eps = predict_x0_eps(model_output, xt, ab_t, schedule.prediction_type)
     x0 = _clip(x0, schedule)
+    if use_clipped_model_output:
+        eps = x0_to_eps(xt, x0, ab_t)
     std = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)) ** 0.5
     x_prev = ab_prev**0.5 * x0 + (1 - ab_prev - std**2) ** 0.5 * eps
     if eta > 0:
@@ -459,7 +465,8 @@ def _randn(shape, generator: torch.Generator | None, device, dtype=torch.float32
 @torch.no_grad()
 def sample(model_fn: Callable, shape: tuple[int, ...] | None, schedule: Schedule, steps: int,
            method: str = "ddpm", eta: float = 0.0, generator: torch.Generator | None = None,
-           x_T: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
+           x_T: torch.Tensor | None = None, progress: bool = False,
+           use_clipped_model_output: bool = False) -> torch.Tensor:
     """Generate samples: start from pure noise x_T and apply `steps` DDPM or DDIM steps.
 
     The timesteps come from `respace` with the schedule's spacing; each step goes to the next
@@ -478,6 +485,7 @@ def sample(model_fn: Callable, shape: tuple[int, ...] | None, schedule: Schedule
         generator: source of randomness; None uses torch's global one.
         x_T: (B, ...) the starting noise; drawn from `generator` (on its device) if None.
         progress: show a tqdm progress bar.
+        use_clipped_model_output: DDIM only: eps_hat recomputed from the clipped x0_hat (see `ddim_step`).
 
     Returns:
         (B, ...) x0 samples.
@@ -504,5 +512,5 @@ def sample(model_fn: Callable, shape: tuple[int, ...] | None, schedule: Schedule
             x = ddpm_step(model_output, t, x, schedule, noise, prev_t).x_prev
         else:
             noise = _randn(x.shape, generator, x.device, x.dtype) if eta > 0 else None
-            x = ddim_step(model_output, t, x, schedule, prev_t, eta, noise).x_prev
+            x = ddim_step(model_output, t, x, schedule, prev_t, eta, noise, use_clipped_model_output).x_prev
     return x
