@@ -9,6 +9,7 @@ import torch
 
 from course import checkpoints
 from course.nn.mmdit import MMDiT
+from course.recipes import capstone as C
 from course.recipes import sd3_shapes as S
 from course.world import shapes
 
@@ -174,7 +175,7 @@ def _two_object_scenes(n=40):
 def test_concept_bleeding_tells_swapped_and_merged_colours_from_bound_ones():
     scenes = _two_object_scenes()
     prompts = [shapes.caption(s) for s in scenes]
-    right = S.concept_bleeding(shapes.render_batch(scenes), prompts)
+    right = C.concept_bleeding(shapes.render_batch(scenes), prompts)
     assert right["n"] == len(scenes) and right["bound"] >= 0.95 and right["bleeding"] <= 0.05
 
     def recolour(scene, first, second):
@@ -183,14 +184,14 @@ def test_concept_bleeding_tells_swapped_and_merged_colours_from_bound_ones():
 
     swapped = [recolour(s, s.objects[1].color, s.objects[0].color) for s in scenes]
     merged = [recolour(s, s.objects[0].color, s.objects[0].color) for s in scenes]
-    out = S.concept_bleeding(shapes.render_batch(swapped), prompts)
+    out = C.concept_bleeding(shapes.render_batch(swapped), prompts)
     assert out["swapped"] >= 0.95 and out["bound"] <= 0.05 and out["bleeding"] >= 0.95
-    out = S.concept_bleeding(shapes.render_batch(merged), prompts)
+    out = C.concept_bleeding(shapes.render_batch(merged), prompts)
     assert out["merged"] >= 0.95 and out["swapped"] <= 0.05
-    one = S.concept_bleeding(shapes.render_batch(scenes[:2]), ["a red circle", "a blue square"])
+    one = C.concept_bleeding(shapes.render_batch(scenes[:2]), ["a red circle", "a blue square"])
     assert one["n"] == 0  # one-object prompts are not eligible
     with pytest.raises(ValueError, match="one prompt per image"):
-        S.concept_bleeding(shapes.render_batch(scenes[:2]), prompts[:1])
+        C.concept_bleeding(shapes.render_batch(scenes[:2]), prompts[:1])
 
 
 # ----------------------------------------------------------------------------- the shipped model

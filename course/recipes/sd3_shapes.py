@@ -21,7 +21,13 @@ VAE decoder), trained the way SD3 was (Esser et al. 2024, Sec. 2-5), at Shapes s
   choice and the best of chapter 08's ablation so far (`course/recipes/data/sd3_recipe.json`).
   The MM-DiT reads 1000 t, as SD3.
 - Sampling: Euler on diffusers' flow grid with CFG on the velocity (`course.pipelines.sd3`); at
-  64x64 no resolution shift is needed (shift 1: the resolution the t-sampler was chosen at).
+  64x64 no resolution shift is needed (shift 1: the resolution the t-sampler was chosen at). The
+  unconditional branch is every stream dropped (zeros), as trained; the recommended guidance is
+  chosen after training on scenes that are not the held-out ones (`choose_guidance`).
+- Architecture: 8x8 latents at p = 2, chosen by the measured step times of `ARCHITECTURE_TIMING`.
+
+The evaluation in the three prompt styles and the concept-bleeding measure are in
+`course.recipes.capstone`, which scores every text-to-image model of the course the same way.
 
 Shape letters: B batch, C = 4 latent channels, h = w = 8 latent side, S CLIP tokens, L MiniLM
 tokens, E = 384 context width, P = 160 pooled width, D MM-DiT width.
@@ -31,8 +37,6 @@ Ref: Esser et al. 2024 (SD3), Sec. 3.1 (Eq. 19 logit-normal), Sec. 4 (MM-DiT), S
 from __future__ import annotations
 
 import hashlib
-import itertools
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +50,7 @@ from course.diffusion import flow, timesteps
 from course.nn.mmdit import MMDiT, MMDiTConfig
 from course.pipelines.sd1 import PromptEncoder
 from course.pipelines.sd3 import SD3PromptEncoder, SD3TextToImage
+from course.recipes.capstone import generate_batched, style_metrics
 from course.world import shapes
 from course.zoo import Trained
 
@@ -265,11 +270,13 @@ class ShapesSD3Pipeline(SD3TextToImage):
 
 
 class SD3Shapes(nn.Module):
-    """The trained MM-DiT with its frozen three-stream text encoder and codec."""
+    """The trained MM-DiT with its frozen three-stream text encoder and codec, and its recommended settings."""
 
-    def __init__(self, transformer: MMDiT, text_encoder: SD3PromptEncoder, codec: nn.Module):
+    def __init__(self, transformer: MMDiT, text_encoder: SD3PromptEncoder, codec: nn.Module,
+                 steps: int = SAMPLE_STEPS, guidance: float = GUIDANCE):
         super().__init__()
         self.transformer, self.text_encoder, self.codec = transformer, text_encoder, codec
+        self.steps, self.guidance = steps, guidance
 
     def pipeline(self, steps: int | None = None, guidance: float | None = None,
                  drop: tuple[str, ...] = ()) -> ShapesSD3Pipeline:
@@ -283,10 +290,34 @@ class SD3Shapes(nn.Module):
                                 None if "minilm" in drop else te.t5, clip_widths=te.clip_widths,
                                 context_dim=te.context_dim, clip_length=te.clip_length, t5_length=te.t5_length)
         pipe = ShapesSD3Pipeline(self.transformer.eval(), text, self.codec, shapes.IMAGE_SIZE, shift=SHIFT)
-        return pipe.set_defaults(SAMPLE_STEPS if steps is None else steps, GUIDANCE if guidance is None else guidance)
+        return pipe.set_defaults(self.steps if steps is None else steps, self.guidance if guidance is None else guidance)
 
 
 # ----------------------------------------------------------------------------- training (zoo contract)
+GUIDANCE_SWEEP = (2.0, 3.0, 4.5, 6.0)
+GUIDANCE_SEED = 31_337  # the scenes the guidance is chosen on: not the held-out evaluation scenes
+MIN_STEPS_TO_CHOOSE_GUIDANCE = 1000
+
+
+@torch.no_grad()
+def choose_guidance(model: "SD3Shapes", n: int = 96, guidances=GUIDANCE_SWEEP, steps: int = SAMPLE_STEPS):
+    """The recommended guidance: the best mean full match over canonical and short prompts of n scenes.
+
+    Returns:
+        (best w, {w: full match}).
+    """
+    from course.world import metrics
+
+    scenes = shapes.sample_scenes(n, GUIDANCE_SEED)
+    table = {}
+    for w in guidances:
+        pipe = model.pipeline(steps, w)
+        scores = []
+        for style in ("canonical", "short"):
+            prompts = metrics.style_prompts(scenes, style)
+            scores.append(metrics.shapes_eval(generate_batched(pipe, prompts), prompts).full_match)
+        table[w] = round(float(np.mean(scores)), 4)
+    return max(table, key=table.get), table
 def _train(name: str, steps: int, run_dir: Path, fresh: bool, progress: bool, *, config: MMDiTConfig = SD3_SHAPES,
            bank_size: int = BANK_SIZE) -> Trained:
     from course.train import TrainConfig, fit
@@ -301,6 +332,11 @@ def _train(name: str, steps: int, run_dir: Path, fresh: bool, progress: bool, *,
                                schedule="cosine", ema_decay=0.999, checkpoint_every=250, log_every=50)
     result = fit(model, sd3_loss, make_batch_fn(bank), train_config, run_dir, resume=not fresh, progress=progress)
     n_params = sum(p.numel() for p in model.parameters())
+    trained = (result.ema if result.ema is not None else result.model).eval()
+    guidance, sweep = GUIDANCE, {}
+    if not result.interrupted and result.step >= MIN_STEPS_TO_CHOOSE_GUIDANCE:  # a pilot keeps GUIDANCE
+        guidance, sweep = choose_guidance(_assembled(trained))
+    trained.sample_settings = (SAMPLE_STEPS, guidance)  # read by `_assembled`: the evaluation samples as recommended
     notes = (f"{name}: MM-DiT {n_params / 1e6:.2f} M, {result.step} steps at batch {BATCH_SIZE} "
              f"(~{result.wall_time_s / 60:.0f} min on the shared 2-core CPU, one thread); rectified flow, "
              f"t ~ logit-normal{T_SAMPLER}, per-encoder caption dropout {CAPTION_DROPOUT}; a bank of {bank_size} "
@@ -309,8 +345,13 @@ def _train(name: str, steps: int, run_dir: Path, fresh: bool, progress: bool, *,
     cfg = {"mmdit": asdict(config), "parts": parts, "caption_dropout": CAPTION_DROPOUT,
            "t_sampler": f"logit-normal{T_SAMPLER}", "shift": SHIFT, "t_scale": T_SCALE,
            "clip_length": CLIP_LENGTH, "minilm_length": MINILM_LENGTH, "bank_size": bank_size,
-           "sample_steps": SAMPLE_STEPS, "guidance": GUIDANCE}
-    return Trained(model=(result.ema if result.ema is not None else result.model).eval(), config=cfg,
+           "sample_steps": SAMPLE_STEPS, "guidance": guidance,
+           "guidance_sweep": {f"{w:g}": v for w, v in sweep.items()}}
+    if sweep:
+        notes += (f" Guidance chosen on {GUIDANCE_SEED}-seeded scenes (not the held-out ones), mean full match of "
+                  f"canonical and short prompts at {SAMPLE_STEPS} Euler steps: "
+                  + ", ".join(f"w {w:g}: {v}" for w, v in sweep.items()) + f"; recommended w = {guidance:g}.")
+    return Trained(model=trained, config=cfg,
                    wall_time_s=result.wall_time_s, steps=result.step, interrupted=result.interrupted, notes=notes)
 
 
@@ -338,7 +379,8 @@ def load_sd3_shapes_from(tensors: dict[str, torch.Tensor], config: dict) -> SD3S
     checkpoints.load_into(transformer, tensors, source="sd3-shapes")
     text, codec, parts = _frozen_parts()
     check_parts("sd3-shapes", config.get("parts", {}), parts)
-    return SD3Shapes(transformer.eval(), text, codec)
+    return SD3Shapes(transformer.eval(), text, codec, config.get("sample_steps", SAMPLE_STEPS),
+                     config.get("guidance", GUIDANCE))
 
 
 def sd3_shapes_pipeline(model: SD3Shapes, config: dict) -> ShapesSD3Pipeline:
@@ -354,91 +396,37 @@ def load(name: str = "sd3-shapes", checkpoint: str | Path | None = None) -> SD3S
     return load_sd3_shapes_from(tensors, entry["config"])
 
 
+def load_run(run_dir: str | Path, config: MMDiTConfig = SD3_SHAPES) -> SD3Shapes:
+    """The EMA weights of a run in progress (run_dir/state.safetensors), assembled: to measure a run before it ends."""
+    from course import checkpoints
+
+    tensors = checkpoints.load_tensors(Path(run_dir) / "state.safetensors")
+    model = MMDiT(config)
+    checkpoints.load_into(model, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, source=str(run_dir))
+    return _assembled(model.eval())
+
+
 def _assembled(model: nn.Module) -> SD3Shapes:
     if isinstance(model, SD3Shapes):
         return model
     if isinstance(model, MMDiT):  # what the training recipe returns
         text, codec, _ = _frozen_parts()
-        return SD3Shapes(model.eval(), text, codec)
+        return SD3Shapes(model.eval(), text, codec, *getattr(model, "sample_settings", (SAMPLE_STEPS, GUIDANCE)))
     raise TypeError(f"expected an SD3Shapes or its MMDiT, got {type(model).__name__}")
 
 
 # ----------------------------------------------------------------------------- measuring
-def _generate(pipe, prompts: list[str], batch_size: int = 128, **kwargs) -> np.ndarray:
-    return np.concatenate([pipe.generate(prompts[i : i + batch_size], seed=i, **kwargs)
-                           for i in range(0, len(prompts), batch_size)])
-
-
-def concept_bleeding(images: np.ndarray, prompts: list[str]) -> dict[str, float]:
-    """SDXL's "concept bleeding" in miniature: on two-object prompts of two colours and two shapes
-    (c1 s1 and c2 s2), the share of images whose colours are swapped (c2 s1 and c1 s2 drawn) or
-    merged (both shapes drawn in one of the two colours, the other colour absent).
-
-    Returns:
-        {"bleeding": swapped + merged, "swapped", "merged", "bound" (c1 s1 and c2 s2 both drawn),
-         "n" (eligible prompts)}.
-
-    Ref: Podell et al. 2023, Sec. 4 (limitations: "concept bleeding").
-    """
-    from course.world import metrics
-
-    if len(images) != len(prompts):
-        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt per image")
-    counts = {"swapped": 0, "merged": 0, "bound": 0, "n": 0}
-    labels = metrics.label_pixels(np.asarray(images)) if len(images) else []
-    for image, prompt, label in zip(images, prompts, labels):
-        objs = shapes.parse(prompt).objects
-        if len(objs) != 2 or objs[0].color == objs[1].color or objs[0].shape == objs[1].shape:
-            continue
-        (c1, s1), (c2, s2) = ((o.color, o.shape) for o in objs)
-        found = {(d.color, d.shape) for d in metrics.detect(image, label)}
-        colours = {c for c, _ in found}
-        counts["n"] += 1
-        counts["bound"] += (c1, s1) in found and (c2, s2) in found
-        counts["swapped"] += (c2, s1) in found and (c1, s2) in found
-        counts["merged"] += any((c, s1) in found and (c, s2) in found and other not in colours
-                                for c, other in ((c1, c2), (c2, c1)))
-    n = max(counts["n"], 1)
-    out = {k: round(counts[k] / n, 4) for k in ("swapped", "merged", "bound")}
-    return {"bleeding": round(out["swapped"] + out["merged"], 4), **out, "n": counts["n"]}
-
-
-def two_object_colour_binding(report) -> float:
-    """Colour binding on two-object prompts: the share of their objects drawn with the right colour on the right shape."""
-    by = report.by_objects()
-    return round(by[2].binding, 4) if 2 in by else math.nan
-
-
-@torch.no_grad()
-def style_metrics(generate, n: int = 256, seed: int = HELD_OUT_SEED) -> dict[str, float]:
-    """ShapesEval in the three prompt styles on n held-out scenes (per attribute, one / two objects), and
-    concept bleeding on each style's two-object prompts.
-
-    Args:
-        generate: prompts -> uint8 images (B, 64, 64, 3), e.g. a pipeline at its settings.
-    """
-    from course.world import metrics
-
-    scenes = shapes.sample_scenes(n, seed)
-    out: dict[str, float] = {}
-    reports = {}
-    for style in metrics.PROMPT_STYLES:
-        prompts = metrics.style_prompts(scenes, style)
-        images = generate(prompts)
-        reports[style] = metrics.shapes_eval(images, prompts)
-        out |= {f"bleeding_{style}_{k}": v for k, v in concept_bleeding(images, prompts).items()}
-    return out | metrics.style_table(reports)
-
-
 @torch.no_grad()
 def evaluate_sd3_shapes(model: nn.Module, quick: bool = False) -> dict[str, float]:
-    """The manifest's metrics (zoo evaluate contract): `style_metrics` at the recommended 20 Euler steps and
+    """The manifest's metrics (zoo evaluate contract): `style_metrics` at the model's recommended steps and
     guidance (256 held-out scenes; quick: 32 scenes, 8 steps), and the time per image."""
-    n, steps = (32, 8) if quick else (256, SAMPLE_STEPS)
-    pipe = _assembled(model).pipeline()
+    n = 32 if quick else 256
+    sd3 = _assembled(model)
+    steps, guidance = (8 if quick else sd3.steps), sd3.guidance
+    pipe = sd3.pipeline(steps, guidance)
     t0 = time.perf_counter()
-    out = style_metrics(lambda p: _generate(pipe, p, steps=steps, guidance=GUIDANCE), n)
-    return {"held_out_scenes": n, "euler_steps": steps, "guidance": GUIDANCE,
+    out = style_metrics(lambda p: generate_batched(pipe, p), n)
+    return {"held_out_scenes": n, "euler_steps": steps, "guidance": guidance,
             "s_per_image": round((time.perf_counter() - t0) / (3 * n), 4), **out}
 
 
