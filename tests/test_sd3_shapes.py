@@ -209,3 +209,17 @@ def test_the_card_and_the_shipped_model():
     from course.world import metrics
 
     assert metrics.shapes_eval(images, ["a red circle", "a large blue square in the center"]).color >= 0.5
+
+
+def test_the_prompt_upsampler_keeps_what_the_prompt_says_and_fills_the_rest():
+    for i, prompt in enumerate(["a red circle", "a blue square to the left of a green triangle",
+                                "a small yellow triangle and a cyan circle in the top left"]):
+        long = C.upsample_prompt(prompt, seed=i)
+        scene, asked = shapes.parse(long), shapes.parse(prompt)
+        assert scene.is_complete and shapes.caption_kind(long) == "full"
+        for o, a in zip(scene.objects, asked.objects):
+            assert (o.color, o.shape) == (a.color, a.shape)
+            assert a.size in (None, o.size) and a.position in (None, o.position)
+        if asked.relation:
+            assert shapes.relation_holds(asked.relation, scene.objects[0].position, scene.objects[1].position)
+    assert len({C.upsample_prompt("a red circle", seed=s) for s in range(20)}) > 5  # the missing parts are sampled

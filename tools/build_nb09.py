@@ -3,8 +3,10 @@
     python tools/build_nb09.py
 
 Part 1: the MM-DiT block (exercises), QK-norm measured, the size table by depth, the SD3
-pipeline and its parity, the guarded section on real SD3 folders. Part 2 (sd3-shapes and the
-capstone) is a later issue: it goes after the END OF PART 1 cell.
+pipeline and its parity, the guarded section on real SD3 folders. Part 2 (after the END OF PART 1
+cell): sd3-shapes (course.recipes.sd3_shapes): the architecture choice by measured step time, the
+three text streams and their dropout, the cache, a live training demo, the shipped model's samples
+(when it is shipped), concept bleeding, and the course's ending.
 The QK-norm curves come from course.recipes.qk_norm.RESULT (written by `python -m course.recipes.qk_norm`).
 """
 
@@ -335,9 +337,190 @@ else:
     plt.axis("off")
     plt.title("SD3 through the course's pipeline (T5 dropped)", fontsize=8);'''),
     ("md", '''---
-**END OF PART 1.** Part 2 (the next issue) trains `sd3-shapes`, an MM-DiT with rectified flow on the
+**END OF PART 1.** Part 2 trains `sd3-shapes`, an MM-DiT with rectified flow on the
 Shapes world, and closes the course with the capstone table: U-Net + DDPM against MM-DiT +
 rectified flow on the same data and compute.'''),
+]
+
+PART2: list[tuple[str, str]] = [
+    ("md", """# Part 2 — `sd3-shapes`: the SD3 recipe in miniature
+
+Part 1 proved the course's MM-DiT and SD3 sampler equal to diffusers' on random weights. Part 2
+trains one: `sd3-shapes` (`course.recipes.sd3_shapes`), the MM-DiT on `vae-shapes` latents with
+
+- **three frozen text streams in SD3's roles**: `clip-shapes` (CLIP-L's: per-token states and a
+  pooled vector), `clip-shapes-wide` (CLIP-G's: the same, wider) and the pretrained MiniLM of
+  chapter 03 (T5's: per-token states from a *bidirectional* encoder, so a colour word's state can
+  depend on the shape word after it). The pooled vectors concatenate into the adaLN vector y; the
+  tokens form the context;
+- **caption dropout per encoder**, SD3's 46.3% each, independently;
+- **rectified flow** with chapter 08's logit-normal(0, 1) sampler of t, and the **Euler sampler
+  with CFG** of part 1;
+- **cached latents and text states**, so that the CPU time goes to the denoiser."""),
+    ("md", """## 7. Choosing the resolution and the patch size by measurement
+
+Three layouts are on the table: 64×64 images give 8×8 latents, 64 tokens at patch size p = 1 or 16
+at p = 2; 128×128 images give 16×16 latents, 64 tokens at p = 2 (SD3's own patching). The text adds
+48 tokens to every sequence (24 CLIP positions, 24 MiniLM positions), so the image tokens are not
+the whole cost. The recipe's `time_architectures` timed one training step of each (batch 64, one CPU
+thread, with the machine shared by other trainings: the ratios matter, not the seconds)."""),
+    ("code", """# NBVAL_IGNORE_OUTPUT
+from course.recipes import capstone, sd3_shapes
+from course.widgets import image_grid
+from course.world import shapes
+
+names, secs = list(sd3_shapes.ARCHITECTURE_TIMING), list(sd3_shapes.ARCHITECTURE_TIMING.values())
+fig, ax = plt.subplots(figsize=(8, 2.6), layout="constrained")
+bars = ax.barh(range(len(names)), secs, color=["C2" if "p=2 (16" in n else "C0" for n in names])
+ax.set_yticks(range(len(names)), names, fontsize=8)
+ax.invert_yaxis()
+ax.bar_label(bars, fmt="%.2f s", fontsize=8)
+ax.set(xlabel="seconds per training step (batch 64, one shared CPU thread)", xlim=(0, max(secs) * 1.2))
+ax.set_title("16 image tokens train at half the cost of 64: twice the steps in the same budget (green: chosen)",
+             fontsize=9);"""),
+    ("md", """Why 64×64 with p = 2: the 64-token layouts cost 1.8–1.9× a step of the 16-token one, so in the
+same CPU budget the 16-token model trains twice the steps; a 16×16-pixel token still separates two
+objects (they never share a 21-pixel grid cell); and 64×64 keeps the VAE, ShapesEval and the
+comparison with `sd1-shapes` / `sdxl-shapes` at the same size. At 64×64 no resolution shift is needed:
+chapter 08 chose the sampler of t at this resolution (shift 1).
+
+## 8. Three streams, each dropped 46.3% of the time
+
+SD3 drops each text encoder independently. Three coins per caption give eight cases: the model
+sees all three streams only 15% of the time, and none (the unconditional model that CFG needs)
+10% of the time, 0.463³, close to the 10% that chapter 04 chose by hand. Each stream alone is seen
+about 13% of the time, so each learns to condition the image on its own, and T5's role can be left
+out at inference."""),
+    ("code", """import itertools
+
+keep = sd3_shapes.drop_mask(100_000, torch.Generator().manual_seed(0))  # (N, 3): clip_l, clip_g, minilm kept?
+p = 1 - sd3_shapes.CAPTION_DROPOUT
+print(f"{'kept streams':<28}{'expected':>10}{'drawn':>10}")
+for case in itertools.product((True, False), repeat=3):
+    label = ", ".join(n for n, k in zip(("CLIP-L", "CLIP-G", "MiniLM"), case) if k) or "none (unconditional)"
+    expected = np.prod([p if k else 1 - p for k in case])
+    drawn = float((keep == torch.tensor(case)).all(1).float().mean())
+    print(f"{label:<28}{expected:>10.3f}{drawn:>10.3f}")"""),
+    ("md", """What the MM-DiT reads for one prompt: the 24 CLIP positions carry CLIP-L's 64 and CLIP-G's 96
+channels side by side, zero-padded to MiniLM's 384; the 24 MiniLM positions follow on the sequence
+axis. A dropped stream is zeros in its place, in the states and in its half of the pooled vector."""),
+    ("code", """# NBVAL_IGNORE_OUTPUT
+text, codec, parts = sd3_shapes._frozen_parts()
+prompt = ["a red circle to the left of a blue square"]
+streams = sd3_shapes.encode_streams(text, prompt)
+cases = {"all three streams": (1, 1, 1), "MiniLM dropped (T5-free)": (1, 1, 0), "only MiniLM": (0, 0, 1)}
+full = sd3_shapes.assemble(streams)[0][0].abs()
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), layout="constrained", sharey=True)
+for ax, (title, k) in zip(axes, cases.items()):
+    context, pooled = sd3_shapes.assemble(streams, torch.tensor([k], dtype=torch.bool))
+    ax.imshow(context[0].abs().T, aspect="auto", cmap="magma", interpolation="nearest", vmin=0,
+              vmax=float(full.quantile(0.99)))
+    ax.axvline(sd3_shapes.CLIP_LENGTH - 0.5, color="w", lw=0.8)
+    ax.set(title=f"{title}\\npooled: {int((pooled[0] != 0).sum())} of {pooled.shape[1]} non-zero",
+           xlabel="token (24 CLIP | 24 MiniLM)")
+axes[0].set_ylabel("channel (64 CLIP-L, 96 CLIP-G, zeros | 384 MiniLM)")
+fig.suptitle("|context| of one prompt: each stream drops on its own", fontsize=9);"""),
+    ("md", """## 9. Cache what is frozen
+
+The text encoders and the VAE never change during training, so their outputs are computed once
+for the bank of training scenes (16,384 scenes, one random caption each, float16 on disk) and a
+training step is the MM-DiT alone. Below, the cost of encoding one batch of 64 captions against
+one training step of the MM-DiT: without the cache, MiniLM alone would cost about as much as the
+denoiser (it has 22.7 M parameters, the MM-DiT 2.3 M)."""),
+    ("code", """# NBVAL_IGNORE_OUTPUT
+import time
+
+captions = sd3_shapes.bank_captions(shapes.sample_scenes(64, 1), 1)
+t0 = time.perf_counter(); sd3_shapes.encode_streams(text, captions); encode_s = time.perf_counter() - t0
+model = mmdit.MMDiT(sd3_shapes.SD3_SHAPES)
+batch = (torch.randn(64, 4, 8, 8), *sd3_shapes.assemble(sd3_shapes.encode_streams(text, captions)))
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+t0 = time.perf_counter()
+for _ in range(2):
+    loss = sd3_shapes.sd3_loss(model, batch, torch.Generator().manual_seed(0)); opt.zero_grad(); loss.backward(); opt.step()
+step_s = (time.perf_counter() - t0) / 2
+print(f"encode 64 captions (two CLIPs + MiniLM): {encode_s:.2f} s; one MM-DiT training step: {step_s:.2f} s")"""),
+    ("md", """A live demo of the recipe: a small MM-DiT (width 64, two blocks) trained for 80 steps on a bank of
+256 scenes with the recipe's loss and batches (rectified flow, logit-normal t, each stream dropped
+46.3% of the time). The shipped model is the same loop at width 128, four blocks, 16,384 scenes and
+thousands of steps."""),
+    ("code", """# NBVAL_IGNORE_OUTPUT
+import dataclasses
+
+from course.train import TrainConfig, fit
+
+demo_bank = sd3_shapes.build_bank(text, codec, n=256, seed=3)
+torch.manual_seed(0)
+demo = mmdit.MMDiT(dataclasses.replace(sd3_shapes.SD3_SHAPES, depth=2, num_heads=2))
+result = fit(demo, sd3_shapes.sd3_loss, sd3_shapes.make_batch_fn(demo_bank),
+             TrainConfig(steps=80, batch_size=32, lr=2e-3, warmup_steps=8, ema_decay=None), progress=False)
+fig, ax = plt.subplots(figsize=(6, 2.6), layout="constrained")
+ax.plot(result.losses, lw=0.8)
+ax.set(xlabel="step", ylabel="CFM loss", title="the recipe's loss on a 256-scene bank (live)");"""),
+    ("md", """## 10. The shipped `sd3-shapes`
+
+Trained with `python -m course train sd3-shapes --ship` (the manifest records the command, the
+time, the steps and every number below). Its recommended settings, `generate`'s defaults, are
+20 Euler steps and the guidance scale of the manifest:
+`python -m course generate --model sd3-shapes --prompt "a red circle and a blue square"`."""),
+    ("code", """# NBVAL_IGNORE_OUTPUT
+from course import checkpoints
+from course.pipelines import base
+
+try:
+    checkpoints.manifest_entry("sd3-shapes")
+    shipped = True
+except KeyError:
+    shipped = False
+    print("sd3-shapes is not shipped yet: train it with `python -m course train sd3-shapes --ship`")
+if shipped:
+    pipe3 = base.load("sd3-shapes")
+    rows = ["a red circle", "a large blue square in the top left and a small green triangle in the bottom right",
+            "a yellow triangle to the left of a purple circle", "a cyan square and a red circle"]
+    images = [pipe3.generate([p] * 4, seed=0) for p in rows]
+    image_grid(images, row_titles=[p if len(p) < 40 else p[:37] + "..." for p in rows], suptitle="sd3-shapes, 20 Euler steps")"""),
+    ("md", """## 11. Concept bleeding
+
+SDXL's report names "concept bleeding" as a limitation: a blue hat and red gloves come out as blue
+gloves and a red hat. Its miniature: on a two-object prompt of two colours and two shapes, the
+share of images whose colours are **swapped** between the objects (the circle in the square's
+colour and the square in the circle's) or **merged** (both shapes in one of the two colours).
+`capstone.concept_bleeding` measures it from ShapesEval's detector; here it is checked on real
+renders, on renders with the colours swapped, and on renders with one colour on both objects."""),
+    ("code", """import dataclasses
+
+pairs = [s for s in shapes.sample_scenes(400, 11) if len(s.objects) == 2
+         and s.objects[0].color != s.objects[1].color and s.objects[0].shape != s.objects[1].shape][:48]
+prompts2 = [shapes.caption(s) for s in pairs]
+
+def recolour(scene, first, second):
+    a, b = scene.objects
+    return dataclasses.replace(scene, objects=(dataclasses.replace(a, color=first), dataclasses.replace(b, color=second)))
+
+sets = {"real renders": pairs, "colours swapped": [recolour(s, s.objects[1].color, s.objects[0].color) for s in pairs],
+        "one colour on both": [recolour(s, s.objects[0].color, s.objects[0].color) for s in pairs]}
+for name, scenes_ in sets.items():
+    print(f"{name:<20}", capstone.concept_bleeding(shapes.render_batch(scenes_), prompts2))"""),
+    ("md", """The rates of the course's text-to-image models on the same held-out two-object prompts are in
+their manifest entries and in the capstone (`bleeding_*` keys of `capstone.style_metrics`)."""),
+    ("md", """## 12. What you built
+
+| chapter | what you built | where it lives |
+|---|---|---|
+| 01 DDPM | forward process, schedules, ε-loss, ancestral sampling, DDIM | `course.diffusion.ddpm`, `course.recipes.ddpm_fashion` |
+| 02 Latent space | the VAE, per-channel latent normalisation | `course.nn.vae`, `course.nn.codec`, `course.recipes.vae_shapes` |
+| 03 Text encoders | CLIP's tokenizer and text transformer, a mini-CLIP, MiniLM | `course.nn.clip_text`, `course.nn.mini_clip`, `course.recipes.clip_shapes` |
+| 04 U-Net and guidance | ResBlocks, cross-attention, CFG, img2img: mini SD 1.x | `course.nn.unet`, `course.pipelines.sd1`, `course.recipes.sd1_shapes` |
+| 05 SDXL | micro-conditioning, two encoders, buckets, offset noise, the refiner | `course.pipelines.sdxl`, `course.recipes.sdxl_shapes` |
+| 06 DiT | patchify, sin-cos positions, adaLN-Zero | `course.nn.dit`, `course.recipes.dit_shapes` |
+| 07 Flow matching | paths, the CFM loss, Euler, reflow | `course.diffusion.flow`, `course.recipes.flow_shapes` |
+| 08 SD3's recipe | samplers of t, the resolution shift | `course.diffusion.timesteps`, `course.recipes.timestep_ablation` |
+| 09 MM-DiT and SD3 | joint attention, QK-norm, three text streams, the SD3 sampler | `course.nn.mmdit`, `course.nn.t5`, `course.pipelines.sd3`, `course.recipes.sd3_shapes` |
+
+Where to go next: the real models load through the same code. `sd3.load_diffusers_sd3_folder`
+reads SD3-medium or SD3.5 in diffusers format (section 6), `course.pipelines.sdxl` and `sd1` read
+theirs; on a GPU the course's `fit` fine-tunes any of them (`accelerate launch -m course train
+NAME` scales the same loop to several GPUs)."""),
 ]
 
 
@@ -345,11 +528,11 @@ def build() -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
-    for kind, source in CELLS:
+    for kind, source in CELLS + PART2:
         nb.cells.append(nbformat.v4.new_markdown_cell(source) if kind == "md" else nbformat.v4.new_code_cell(source))
     return nb
 
 
 if __name__ == "__main__":
     nbformat.write(build(), NB)
-    print(f"wrote {NB} ({len(CELLS)} cells)")
+    print(f"wrote {NB} ({len(CELLS) + len(PART2)} cells)")

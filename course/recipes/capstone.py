@@ -107,6 +107,39 @@ def bleeding_rates(generate, n: int = 256, styles: tuple[str, ...] = ("canonical
     return {style: concept_bleeding(generate(p), p) for style in styles for p in [two_object_prompts(n, style)]}
 
 
+
+# ----------------------------------------------------------------------------- prompt upsampling (DALL-E 3's rewriting)
+def upsample_prompt(prompt: str, seed: int = 0) -> str:
+    """A short prompt expanded into a full canonical caption: what it leaves out (sizes, positions) is sampled.
+
+    The miniature of DALL-E 3's prompt rewriting (Betker et al. 2023, Sec. 3.4 and App. C): the model
+    is trained mostly on descriptive captions, so a short user prompt is first rewritten into one.
+    What the prompt states is kept; `shapes.complete_scene` draws the rest (respecting a relation).
+    """
+    return shapes.caption(shapes.complete_scene(shapes.parse(prompt), seed))
+
+
+@torch.no_grad()
+def upsampler_eval(generate, n: int = 256, seed: int = HELD_OUT_SEED) -> dict[str, float]:
+    """ShapesEval on the short prompts of n held-out scenes: images from the short prompt itself, and from its
+    upsampled caption, both scored against the short prompt (what the person asked for).
+
+    Returns:
+        {"short_{one|two}_full_match", "upsampled_{one|two}_full_match", and the same for binding}.
+    """
+    from course.world import metrics
+
+    short = metrics.style_prompts(shapes.sample_scenes(n, seed), "short")
+    long = [upsample_prompt(p, i) for i, p in enumerate(short)]
+    out = {}
+    for name, prompts in (("short", short), ("upsampled", long)):
+        by = metrics.shapes_eval(generate(prompts), short).by_objects()
+        for k, group in ((1, "one"), (2, "two")):
+            if k in by:
+                out[f"{name}_{group}_full_match"] = round(by[k].full_match, 4)
+                out[f"{name}_{group}_binding"] = round(by[k].binding, 4)
+    return out
+
 if __name__ == "__main__":
     import json
     import sys
