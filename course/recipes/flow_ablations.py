@@ -76,10 +76,26 @@ def train_vp(steps: int = flow_shapes.STEPS):
     return (result.ema if result.ema is not None else result.model).eval(), result
 
 
+def _from_manifest(name: str, steps) -> dict:
+    """The rows a shipped model's evaluation already measured (same sampler, n and floor): not sampled twice."""
+    from course import checkpoints
+
+    m = checkpoints.manifest_entry(name)["metrics"]
+    return {s: {"fid": m[f"euler{s}_fid"], "class_accuracy": m[f"euler{s}_class_accuracy"], "fid_floor": m["fid_floor"],
+                "n": m["n"], "source": f"{name}'s manifest metrics"} for s in steps if f"euler{s}_fid" in m}
+
+
 def nfe_table(results: dict, codec) -> None:
-    fm, dit = _shipped("flow-shapes"), _shipped("dit-shapes")
+    rows = _from_manifest("flow-shapes", NFE_STEPS) if flow_shapes.GUIDANCE == GUIDANCE else {}
+    fm = None if len(rows) == len(NFE_STEPS) else _shipped("flow-shapes")
     for s in NFE_STEPS:
-        _row(f"rf_euler_{s}", results, lambda: flow_shapes.evaluate_flow(fm, codec, EVAL_N, steps=s, guidance=GUIDANCE))
+        _row(f"rf_euler_{s}", results, lambda: rows[s] if s in rows else flow_shapes.evaluate_flow(
+            fm, codec, EVAL_N, steps=s, guidance=GUIDANCE))
+    ddim_rows(results, codec)
+
+
+def ddim_rows(results: dict, codec) -> None:
+    dit = _shipped("dit-shapes")
     for s in NFE_STEPS + DDIM_EXTRA:
         _row(f"dit_ddim_{s}", results, lambda: dit_shapes.evaluate_model(dit, codec, EVAL_N, steps=s, guidance=GUIDANCE,
                                                                          method="ddim"))
@@ -98,8 +114,10 @@ def ot_vs_vp(results: dict, codec) -> None:
 
 def reflow_table(results: dict, codec) -> None:
     rf2 = _shipped("flow-shapes-reflow")
+    rows = _from_manifest("flow-shapes-reflow", (1, 2, 4, 8))
     for s in (1, 2, 4, 8):
-        _row(f"reflow_euler_{s}", results, lambda: flow_shapes.evaluate_flow(rf2, codec, EVAL_N, steps=s, guidance=1.0))
+        _row(f"reflow_euler_{s}", results, lambda: rows[s] if s in rows else flow_shapes.evaluate_flow(
+            rf2, codec, EVAL_N, steps=s, guidance=1.0))
     labels = dit_shapes.balanced_labels(STRAIGHT_N)
     x_T = torch.randn(STRAIGHT_N, 4, 8, 8, generator=torch.Generator().manual_seed(77))
     _row("reflow_straightness", results, lambda: {"straightness": round(flow.straightness(
@@ -165,7 +183,7 @@ def record_in_manifest(results: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     what = argv[0] if argv else "all"
-    choices = ("vp", "nfe", "reflow", "toys", "record", "all")
+    choices = ("vp", "nfe", "ddim", "reflow", "toys", "record", "all")
     if what not in choices:
         print(f"usage: python -m course.recipes.flow_ablations [{'|'.join(choices)}]")
         return 2
@@ -173,6 +191,8 @@ def main(argv: list[str]) -> int:
     codec, _ = dit_shapes._frozen_codec()
     if what in ("nfe", "all"):
         nfe_table(results, codec)
+    if what == "ddim":  # dit-shapes' rows only (they need no flow model)
+        ddim_rows(results, codec)
     if what in ("vp", "all"):
         ot_vs_vp(results, codec)
     if what in ("reflow", "all"):
