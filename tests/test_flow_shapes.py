@@ -54,3 +54,19 @@ def test_sampler_shapes_guidance_and_errors():
 def test_a_velocity_field_refuses_learned_sigma(tmp_path):
     with pytest.raises(ValueError, match="learn_sigma=False"):
         fs.train_flow(dataclasses.replace(TINY, learn_sigma=True), 1, tmp_path, bank=_bank())
+
+
+def test_the_diffusers_grid_wastes_its_last_step():
+    torch.manual_seed(0)
+    model = DiT(TINY).eval()
+    with torch.no_grad():  # adaLN-Zero starts as a zero velocity: give every weight a value
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    labels = torch.arange(2)
+    one = fs.sample_flow_latents(model, labels, steps=1, guidance=1.0, grid="diffusers")
+    two = fs.sample_flow_latents(model, labels, steps=2, guidance=1.0, grid="diffusers")
+    two_uniform = fs.sample_flow_latents(model, labels, steps=2, guidance=1.0, grid="uniform")
+    assert (one - two).abs().max() < 0.05 * one.abs().max()  # the second step runs from sigma 1/1000 to 0
+    assert (one - two_uniform).abs().max() > 0.05 * one.abs().max()
+    with pytest.raises(ValueError, match="grid"):
+        fs.sample_flow_latents(model, labels, steps=2, grid="karras")

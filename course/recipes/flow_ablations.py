@@ -2,7 +2,9 @@
 
 - `nfe_table`: flow-shapes with Euler at 1 ... 32 steps against dit-shapes (the same network,
   data and steps, trained as DDPM) with DDIM at the same steps and at 50 and 250: the few-step
-  claim behind SD3. Both with CFG at w = 3 (two network passes per step for both).
+  claim behind SD3. Both with CFG at w = 3 (two network passes per step for both). Euler runs on a
+  uniform grid; the rows "rf_diffusers_grid" (flow-shapes' first evaluation, recorded once) used
+  diffusers' FlowMatchEulerDiscreteScheduler grid, whose last step only goes from 1/1000 to 0.
 - `ot_vs_vp`: the same network, data and steps trained on the VP path (Lipman et al.'s FM-VP),
   sampled with the same Euler grid (Lipman et al. 2022, Table 2: FM-OT beats FM-VP at fewer NFE).
 - `reflow_table`: flow-shapes against flow-shapes-reflow at 1, 2, 4 and 8 steps, and the
@@ -90,7 +92,7 @@ def nfe_table(results: dict, codec) -> None:
     fm = None if len(rows) == len(NFE_STEPS) else _shipped("flow-shapes")
     for s in NFE_STEPS:
         _row(f"rf_euler_{s}", results, lambda: rows[s] if s in rows else flow_shapes.evaluate_flow(
-            fm, codec, EVAL_N, steps=s, guidance=GUIDANCE))
+            fm, codec, EVAL_N, steps=s, guidance=GUIDANCE, grid=flow_shapes.GRID))
     ddim_rows(results, codec)
 
 
@@ -104,7 +106,8 @@ def ddim_rows(results: dict, codec) -> None:
 def ot_vs_vp(results: dict, codec) -> None:
     vp, _ = train_vp()
     for s in NFE_STEPS:
-        _row(f"vp_euler_{s}", results, lambda: flow_shapes.evaluate_flow(vp, codec, EVAL_N, steps=s, guidance=GUIDANCE))
+        _row(f"vp_euler_{s}", results, lambda: flow_shapes.evaluate_flow(vp, codec, EVAL_N, steps=s, guidance=GUIDANCE,
+                                                                          grid=flow_shapes.GRID))
     labels = dit_shapes.balanced_labels(STRAIGHT_N)
     x_T = torch.randn(STRAIGHT_N, 4, 8, 8, generator=torch.Generator().manual_seed(77))
     for name, model in (("rf", _shipped("flow-shapes")), ("vp", vp)):
@@ -117,7 +120,7 @@ def reflow_table(results: dict, codec) -> None:
     rows = _from_manifest("flow-shapes-reflow", (1, 2, 4, 8))
     for s in (1, 2, 4, 8):
         _row(f"reflow_euler_{s}", results, lambda: rows[s] if s in rows else flow_shapes.evaluate_flow(
-            rf2, codec, EVAL_N, steps=s, guidance=1.0))
+            rf2, codec, EVAL_N, steps=s, guidance=1.0, grid=flow_shapes.GRID))
     labels = dit_shapes.balanced_labels(STRAIGHT_N)
     x_T = torch.randn(STRAIGHT_N, 4, 8, 8, generator=torch.Generator().manual_seed(77))
     _row("reflow_straightness", results, lambda: {"straightness": round(flow.straightness(
@@ -154,6 +157,7 @@ def summary(results: dict) -> dict:
         return {str(s): {"fid": r["fid"], "class_accuracy": r["class_accuracy"]} for s, r in rows.items()}
 
     out = {"rf_euler": cells(_fid_rows(results, "rf_euler", NFE_STEPS)),
+           "rf_euler_diffusers_grid": cells(_fid_rows(results, "rf_diffusers_grid", NFE_STEPS)),
            "dit_ddim": cells(_fid_rows(results, "dit_ddim", NFE_STEPS + DDIM_EXTRA)),
            "vp_euler": cells(_fid_rows(results, "vp_euler", NFE_STEPS)),
            "reflow_euler": cells(_fid_rows(results, "reflow_euler", (1, 2, 4, 8))),

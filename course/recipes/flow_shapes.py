@@ -9,8 +9,9 @@ and the sampler change, which is the point of the comparison:
   shipped model uses rectified flow (the OT path xt = (1 - t) x0 + t eps, target u = eps - x0)
   with uniform t, as Liu et al. 2022 (chapter 08 changes the sampler of t). The DiT's timestep
   input is 1000 t, as SD3 feeds it. Labels drop to the null class 10% of the time, for CFG.
-- Sampling: Euler on the sigma grid of diffusers' FlowMatchEulerDiscreteScheduler (shift 1
-  here: 8x8 latents need no resolution shift), CFG on the velocity.
+- Sampling: Euler on a uniform sigma grid (shift 1 here: 8x8 latents need no resolution shift),
+  CFG on the velocity. diffusers' FlowMatchEulerDiscreteScheduler grid is an option (`grid=`): it
+  ends with a step from 1/1000 to 0, which wastes one of a few steps.
 - Reflow (`flow-shapes-reflow`): flow-shapes integrates fresh noise to latents with its
   recommended sampler; the pairs (noise, latent, class) are then the coupling of a second
   rectified flow, fine-tuned from flow-shapes on the straight lines between them (Liu et al.
@@ -57,6 +58,8 @@ REFLOW_STEPS = 1000  # fine-tuning steps from flow-shapes (~16 passes over the p
 REFLOW_LR = 3e-4
 REFLOW_SEED = 7_007
 REFLOW_SAMPLE_STEPS = 2  # the reflowed model's recommended sampler: 2 Euler steps, no CFG
+GRIDS = ("uniform", "diffusers")  # the sigma grids of `sample_flow_latents`
+GRID = "uniform"  # the flow-shapes models' grid: every one of a few steps counts
 
 
 def uniform_t(batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -139,16 +142,26 @@ def guided_velocity(model: DiT, labels: torch.Tensor, guidance: float):
 @torch.no_grad()
 def sample_flow_latents(model: DiT, labels: torch.Tensor, *, steps: int = SAMPLE_STEPS, guidance: float = GUIDANCE,
                         shift: float = 1.0, seed: int = 0, solver: str = "euler", batch_size: int = 512,
-                        noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Class-conditional latents z0 (B, 4, 8, 8): an ODE solve from noise on diffusers' flow grid, with CFG."""
+                        noise: torch.Tensor | None = None, grid: str = "diffusers") -> torch.Tensor:
+    """Class-conditional latents z0 (B, 4, 8, 8): an ODE solve from noise, with CFG.
+
+    Args:
+        grid: "diffusers" (FlowMatchEulerDiscreteScheduler's: `steps` points from 1 to 1/1000, then 0,
+            so its last step only goes from 1/1000 to 0: with 2 steps it is one real step, the same
+            image as 1) or "uniform" (`steps` equal steps from 1 to 0, as Liu et al. sample). The
+            flow-shapes models sample, and are evaluated, on "uniform" (`GRID`); chapter 08's
+            ablation uses the default.
+    """
     if not math.isfinite(guidance) or not 0 <= guidance <= 50:
         raise ValueError(f"guidance must be a finite number in [0, 50], got {guidance}")
     if not 1 <= steps <= 1000:
         raise ValueError(f"steps must be in 1 ... 1000, got {steps}")
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
     g = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     cfg = model.config
-    sigmas = flow.flow_sigmas(steps, shift=shift)
+    sigmas = flow.uniform_sigmas(steps, shift) if grid == "uniform" else flow.flow_sigmas(steps, shift=shift)
     out = []
     for i in range(0, len(labels), batch_size):
         y = labels[i : i + batch_size].to(device)
@@ -203,7 +216,7 @@ def _reflow_pairs(base: DiT, n: int = REFLOW_PAIRS, seed: int = REFLOW_SEED, cac
     cfg = base.config
     labels = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % (cfg.num_classes)
     eps = torch.randn(n, cfg.in_channels, cfg.input_size, cfg.input_size, generator=torch.Generator().manual_seed(seed))
-    x0 = sample_flow_latents(base, labels, steps=REFLOW_PAIR_STEPS, guidance=REFLOW_GUIDANCE, noise=eps)
+    x0 = sample_flow_latents(base, labels, steps=REFLOW_PAIR_STEPS, guidance=REFLOW_GUIDANCE, noise=eps, grid=GRID)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         save_tensors(cache, {"labels": labels, "x0": x0, "eps": eps})
@@ -262,7 +275,7 @@ class FlowShapesPipeline:
         self.default_steps, self.default_guidance = steps, guidance
 
     def generate(self, prompts: list[str], *, steps: int | None = None, guidance: float | None = None, seed: int = 0,
-                 solver: str = "euler", shift: float = 1.0) -> np.ndarray:
+                 solver: str = "euler", shift: float = 1.0, grid: str = GRID) -> np.ndarray:
         """One image per prompt; steps and guidance default to the model's recommended ones.
 
         Returns:
@@ -278,7 +291,7 @@ class FlowShapesPipeline:
         steps = self.default_steps if steps is None else steps
         guidance = self.default_guidance if guidance is None else guidance
         z0 = sample_flow_latents(self.model, labels, steps=steps, guidance=guidance, seed=seed, solver=solver,
-                                 shift=shift)
+                                 shift=shift, grid=grid)
         return decode_latents(self.codec, z0)
 
 
@@ -306,7 +319,7 @@ def evaluate_flow_shapes(model: DiT, quick: bool = False) -> dict[str, float]:
     n = 144 if quick else dit_shapes.EVAL_N
     out = {}
     for steps in ((1, SAMPLE_STEPS) if quick else NFE_STEPS):
-        m = evaluate_flow(model, codec, n, steps=steps, guidance=GUIDANCE)
+        m = evaluate_flow(model, codec, n, steps=steps, guidance=GUIDANCE, grid=GRID)
         out |= {f"euler{steps}_fid": m["fid"], f"euler{steps}_class_accuracy": m["class_accuracy"]}
         out["fid_floor"], out["n"] = m["fid_floor"], m["n"]
     return out
@@ -319,7 +332,7 @@ def evaluate_flow_shapes_reflow(model: DiT, quick: bool = False) -> dict[str, fl
     n = 144 if quick else dit_shapes.EVAL_N
     out = {}
     for steps in ((1, 2) if quick else (1, 2, 4, 8)):
-        m = evaluate_flow(model, codec, n, steps=steps, guidance=1.0)
+        m = evaluate_flow(model, codec, n, steps=steps, guidance=1.0, grid=GRID)
         out |= {f"euler{steps}_fid": m["fid"], f"euler{steps}_class_accuracy": m["class_accuracy"]}
         out["fid_floor"], out["n"] = m["fid_floor"], m["n"]
     return out
