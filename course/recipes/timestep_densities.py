@@ -124,8 +124,15 @@ def per_t_figure(record: dict, names=("rf/uniform", "rf/lognorm(0.00, 1.00)", "r
             loss = np.array(per_t["by_formulation"][name])
             ax_l.plot(t, loss, color=f"C{k}", label=name)
             ax_g.plot(t, lin - loss, color=f"C{k}", label=name)
-    ax_l.set(xlabel="t (0 data, 1 noise)", ylabel="velocity MSE per element", title="the loss at each t (held-out latents)")
+    top = 1.3
+    off = [f"{n} ({v:.2f} at t = {t[-1]:.2f})" for n in names if n in per_t["by_formulation"]
+           and (v := per_t["by_formulation"][n][-1]) > top]
+    ax_l.set(xlabel="t (0 data, 1 noise)", ylabel="velocity MSE per element", ylim=(0, top))
+    ax_l.set_title("the loss at each t (held-out latents)" + (f"\noff the axis: {', '.join(off)}" if off else ""),
+                   fontsize=10)
     ax_g.axhline(0, color="k", lw=0.5)
-    ax_g.set(xlabel="t", ylabel="linear MSE - model MSE", title="what the network learned beyond a linear map")
+    ax_g.set(xlabel="t", ylabel="linear MSE - model MSE", ylim=(-0.4, 0.45))
+    ax_g.set_title("what the network learned beyond a linear map" + ("\n(the same curves, clipped at -0.4)" if off else ""),
+                   fontsize=10)
     ax_l.legend(fontsize=7)
     return fig
