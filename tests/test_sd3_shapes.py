@@ -223,3 +223,28 @@ def test_the_prompt_upsampler_keeps_what_the_prompt_says_and_fills_the_rest():
         if asked.relation:
             assert shapes.relation_holds(asked.relation, scene.objects[0].position, scene.objects[1].position)
     assert len({C.upsample_prompt("a red circle", seed=s) for s in range(20)}) > 5  # the missing parts are sampled
+
+
+def test_web_captions_leave_out_and_get_wrong_what_alt_text_does():
+    scenes = shapes.sample_scenes(2000, 3)
+    rng = np.random.default_rng(0)
+    captions = [C.web_caption(s, rng) for s in scenes]
+    two = [c for c, s in zip(captions, scenes) if len(s.objects) == 2]
+    assert 0.25 < np.mean([" and " not in c for c in two]) < 0.45  # the second object left out ~35%
+    sized = np.mean([any(w in c.split() for w in shapes.SIZES) for c in captions])
+    assert 0.3 < sized < 0.6
+    first_colour_right = np.mean([s.objects[0].color in c.split()[:3] for c, s in zip(captions, scenes)])
+    assert 0.7 < first_colour_right < 0.85  # left out 15%, wrong 8% of the time
+    vocabulary = set(shapes.VOCABULARY)
+    assert all(w in vocabulary for c in captions for w in c.split())
+
+
+def test_the_classifier_recaptions_real_images_mostly_right():
+    from course.world import metrics
+
+    scenes = shapes.sample_scenes(96, 8)
+    images = shapes.render_batch(scenes)
+    captions = C.classifier_captions(images)
+    report = metrics.shapes_eval(images, captions)  # do the synthetic captions describe the images?
+    assert report.color > 0.9 and report.count > 0.9
+    assert report.full_match > 0.5  # the pairing of cells to objects is the recaptioner's own error

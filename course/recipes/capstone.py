@@ -140,6 +140,73 @@ def upsampler_eval(generate, n: int = 256, seed: int = HELD_OUT_SEED) -> dict[st
                 out[f"{name}_{group}_binding"] = round(by[k].binding, 4)
     return out
 
+
+# ----------------------------------------------------------------------------- recaptioning (SD3 Table 4, DALL-E 3)
+WEB_DROP = {"size": 0.6, "position": 0.6, "colour": 0.15, "second_object": 0.35}  # what alt text leaves out
+WEB_WRONG = {"colour": 0.08, "shape": 0.05}  # and what it gets wrong
+
+
+def web_caption(scene: shapes.Scene, rng: np.random.Generator) -> str:
+    """A caption as alt text describes an image: attributes and objects left out at random, wrong words at times.
+
+    Each object's size and position are left out with WEB_DROP's rates, its colour too (rarely); the
+    second object of a two-object scene is left out entirely 35% of the time; a colour or a shape is
+    replaced by a wrong one with WEB_WRONG's rates. The words stay the Shapes world's, so the text
+    encoders read every one of them (a colourless "a circle" is the only form the grammar lacks).
+    """
+    objs = list(scene.objects)
+    if len(objs) == 2 and rng.random() < WEB_DROP["second_object"]:
+        objs = objs[:1]
+    phrases = []
+    for o in objs:
+        colour = str(rng.choice([c for c in shapes.PALETTE if c != o.color])) if rng.random() < WEB_WRONG["colour"] else o.color
+        shape = str(rng.choice([s for s in shapes.SHAPES if s != o.shape])) if rng.random() < WEB_WRONG["shape"] else o.shape
+        words = ["a"]
+        if rng.random() >= WEB_DROP["size"]:
+            words.append(o.size)
+        if rng.random() >= WEB_DROP["colour"]:
+            words.append(colour)
+        words.append(shape)
+        if rng.random() >= WEB_DROP["position"]:
+            words.append(f"in the {o.position}")
+        phrases.append(" ".join(words))
+    return " and ".join(phrases)
+
+
+@torch.no_grad()
+def classifier_captions(images: np.ndarray, classifier=None, batch_size: int = 256) -> list[str]:
+    """Synthetic captions from the shipped `shapes-classifier` as the recaptioner, errors and all.
+
+    The classifier predicts colour x shape presence (18), cell occupancy (9) and "two objects" (1).
+    The caption names the k most likely colour-shape pairs (k = 2 when "two objects" > 0.5) and the
+    k most likely cells, the more likely cell given to the more likely object: the classifier does
+    not say which object sits where, so that pairing is one of its errors. It predicts no size.
+
+    Args:
+        images: uint8 (B, 64, 64, 3).
+
+    Returns:
+        B captions, e.g. "a red circle in the top left and a blue square in the center".
+
+    Ref: Betker et al. 2023 (DALL-E 3), Sec. 2 (a trained captioner); Esser et al. 2024, Sec. 5.2.2 (CogVLM captions).
+    """
+    from course.world.classifiers import load_shapes_classifier
+
+    classifier = classifier or load_shapes_classifier()
+    pairs = [(c, s) for c in shapes.PALETTE for s in shapes.SHAPES]
+    n_pairs = len(pairs)
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = shapes.to_tensor(images[i : i + batch_size]).to(next(classifier.parameters()).device)
+        logits = classifier(x).cpu()  # (b, 28)
+        for row in logits:
+            k = 2 if row[-1] > 0 else 1
+            objs = row[:n_pairs].topk(k).indices.tolist()
+            cells = row[n_pairs : n_pairs + len(shapes.POSITIONS)].topk(k).indices.tolist()
+            out.append(" and ".join(f"a {pairs[o][0]} {pairs[o][1]} in the {shapes.POSITIONS[c]}"
+                                    for o, c in zip(objs, cells)))
+    return out
+
 if __name__ == "__main__":
     import json
     import sys

@@ -200,8 +200,13 @@ def bank_captions(scenes: list, seed: int) -> list[str]:
 
 
 def build_bank(text: SD3PromptEncoder, codec: nn.Module, n: int = BANK_SIZE, seed: int = BANK_SEED,
-               cache: Path | None = None) -> Bank:
-    """Scenes, captions, latents and text states; read from / written to `cache` (keyed by n, seed and parts)."""
+               cache: Path | None = None, captions: list[str] | None = None, caption_source: str = "world") -> Bank:
+    """Scenes, captions, latents and text states; read from / written to `cache` (keyed by n, seed and parts).
+
+    Args:
+        captions: one caption per scene instead of the world's (`bank_captions`), e.g. the recaptioning
+            experiment's web or synthetic captions; `caption_source` names them in the cache key.
+    """
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -209,9 +214,12 @@ def build_bank(text: SD3PromptEncoder, codec: nn.Module, n: int = BANK_SIZE, see
     from course.recipes.vae_shapes import encode_scenes
 
     scenes = shapes.sample_scenes(n, seed)
-    captions = bank_captions(scenes, seed)
+    if captions is None:
+        captions = bank_captions(scenes, seed)
+    elif len(captions) != n:
+        raise ValueError(f"give one caption per scene: {len(captions)} captions for {n} scenes")
     key = (f"{n}:{seed}:{CLIP_LENGTH}:{MINILM_LENGTH}:{_fingerprint(codec)}:{_fingerprint(text.clip_l)}:"
-           f"{_fingerprint(text.clip_g)}")
+           f"{_fingerprint(text.clip_g)}" + ("" if caption_source == "world" else f":{caption_source}"))
     if cache is not None and Path(cache).is_file():
         with safe_open(str(cache), "pt") as f:
             if (f.metadata() or {}).get("key") == key:
