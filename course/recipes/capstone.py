@@ -8,6 +8,8 @@
 
 `python -m course.recipes.capstone bleeding [MODEL ...]` measures the shipped models (default
 sd1-shapes and sdxl-shapes) at their recommended settings into runs/sd3-shapes-capstone/bleeding.json.
+`python -m course.recipes.capstone recaption` runs the recaptioning experiment (SD3's Table 4 in
+miniature: web captions only vs a 50/50 mix with the recaptioner's, two smaller sd3-shapes).
 
 Images are uint8 (B, H, W, 3).
 """
@@ -207,6 +209,53 @@ def classifier_captions(images: np.ndarray, classifier=None, batch_size: int = 2
                                     for o, c in zip(objs, cells)))
     return out
 
+
+RECAPTION_N = 8192  # scenes per experiment bank (half the shipped model's)
+RECAPTION_STEPS = 1500  # the same steps for both models
+RECAPTION_SMALL = dict(depth=3)  # a smaller sd3-shapes
+
+
+def recaption_captions(mode: str, n: int = RECAPTION_N, seed: int = 4_321) -> list[str]:
+    """One caption per scene of `sd3_shapes.build_bank(n=n, seed=seed)`: "web" (alt text only) or "mix"
+    (each scene's caption synthetic with probability 0.5, from the recaptioner run on its render; SD3's 50/50)."""
+    if mode not in ("web", "mix"):
+        raise ValueError(f"mode must be 'web' or 'mix', got {mode!r}")
+    scenes = shapes.sample_scenes(n, seed)
+    rng = np.random.default_rng(seed)
+    web = [web_caption(s, rng) for s in scenes]
+    if mode == "web":
+        return web
+    synthetic = np.concatenate([np.array(classifier_captions(shapes.render_batch(scenes[i : i + 1024]), None), dtype=object)
+                                for i in range(0, n, 1024)]).tolist()
+    use = rng.random(n) < 0.5
+    return [syn if u else w for syn, w, u in zip(synthetic, web, use)]
+
+
+def recaption_experiment(run_root: str | Path = "runs/sd3-shapes-recaption", steps: int = RECAPTION_STEPS,
+                         n_eval: int = 256) -> dict[str, dict]:
+    """SD3's Table 4 in miniature: two smaller sd3-shapes (depth 3), web captions only vs a 50/50 mix with the
+    recaptioner's, the same steps; ShapesEval on canonical (full) prompts of the held-out scenes."""
+    import dataclasses
+
+    from course.recipes import sd3_shapes as S
+    from course.train import TrainConfig, fit
+
+    text, codec, _ = S._frozen_parts()
+    out = {}
+    for mode in ("web", "mix"):
+        run_dir = Path(run_root) / mode
+        bank = S.build_bank(text, codec, RECAPTION_N, seed=4_321, cache=run_dir / "bank.safetensors",
+                            captions=recaption_captions(mode), caption_source=mode)
+        torch.manual_seed(0)
+        model = S.MMDiT(dataclasses.replace(S.SD3_SHAPES, **RECAPTION_SMALL))
+        cfg = TrainConfig(steps=steps, batch_size=S.BATCH_SIZE, lr=S.LR, warmup_steps=min(200, steps // 10),
+                          schedule="cosine", ema_decay=0.999, checkpoint_every=250, log_every=50)
+        result = fit(model, S.sd3_loss, S.make_batch_fn(bank), cfg, run_dir, progress=False)
+        pipe = S.SD3Shapes(result.ema.eval(), text, codec).pipeline()
+        out[mode] = {"steps": result.step, "train_s": round(result.wall_time_s),
+                     **style_metrics(lambda p: generate_batched(pipe, p), n_eval)}
+    return out
+
 if __name__ == "__main__":
     import json
     import sys
@@ -226,5 +275,9 @@ if __name__ == "__main__":
                                          "seconds": round(time.perf_counter() - t0)}
                 out_path.write_text(json.dumps(res, indent=1))
                 print(name, res[name], flush=True)
+    elif sys.argv[1:2] == ["recaption"]:
+        result = recaption_experiment()
+        Path("runs/sd3-shapes-recaption/result.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1))
     else:
-        print("usage: python -m course.recipes.capstone bleeding [MODEL ...]")
+        print("usage: python -m course.recipes.capstone bleeding [MODEL ...] | recaption")
