@@ -79,6 +79,12 @@ def test_checkpoint_round_trip_through_zoo_pipeline_and_cli(tiny, tmp_path):
     assert len(list(out.glob("*.png"))) == 2
     assert cli.main(["generate", "--model", "ddpm-fashion", "--checkpoint", str(path), "--prompt", "a shoe",
                      "--out", str(out)]) == 2  # a clear error, not a traceback
+    # the loaded model carries the schedule it was trained with (an eps one here, not the recipe's v one),
+    # and every sampler of the recipe reads it when no schedule is given
+    assert pipe.model.schedule == SMALL_T != F.SCHEDULE
+    assert np.array_equal(F.steps_figure(pipe.model, 2, n=4), F.steps_figure(tiny, 2, n=4, schedule=SMALL_T))
+    assert not np.array_equal(F.steps_figure(pipe.model, 2, n=4),
+                              F.steps_figure(pipe.model, 2, n=4, schedule=dataclasses.replace(SMALL_T, prediction_type="v_prediction")))
 
 
 def test_zoo_cards():
@@ -94,6 +100,53 @@ def test_fid_table_keys_and_floor(tiny):
     assert 0 <= table["fid_floor"] < table["fid_ddim_2"]  # noise from an untrained net is far from real images
     with pytest.raises(ValueError, match="test set has 10000"):
         F.real_images(10, offset=9995)
+
+
+def test_recipe_predicts_v_and_the_loss_follows_the_schedule(tiny):
+    assert F.SCHEDULE.prediction_type == "v_prediction" and F.SCHEDULE.timestep_spacing == "trailing"
+    x0 = F.fashion_batch(0, 4, torch.Generator().manual_seed(0))
+    v_sched = dataclasses.replace(SMALL_T, prediction_type="v_prediction")
+    default = F.make_loss(v_sched)(tiny, x0, torch.Generator().manual_seed(1))
+    assert torch.equal(default, F.make_loss(v_sched, "v_prediction")(tiny, x0, torch.Generator().manual_seed(1)))
+    assert not torch.equal(default, F.make_loss(v_sched, "epsilon")(tiny, x0, torch.Generator().manual_seed(1)))
+
+
+def test_table_rows_and_sampler_variants(tiny):
+    assert F.row_key("ddpm", 1000) == "fid_ddpm_1000" and F.row_key("ddim", 50, "eta1") == "fid_ddim_eta1_50"
+    assert F.EVAL_ROWS[-1] == ("ddpm", 1000, "") and F.EVAL_N >= 512
+    assert {("ddim", s, "eta1") for s in (25, 50, 100)} <= set(F.EVAL_ROWS)
+    clipped = dataclasses.replace(SMALL_T, clip_sample_range=0.05)  # an untrained net's x0_hat leaves +-0.05: clipping acts
+    rows = {v: F.sample_row(tiny, 4, "ddim", 5, v, schedule=clipped, seed=0) for v in F.VARIANTS}
+    for v in ("eta1", "clipped_eps", "leading"):
+        assert (rows[v] - rows[""]).abs().max() > 1e-4, v
+    torch.testing.assert_close(rows[""], F.generate_x0(tiny, 4, 5, "ddim", schedule=clipped, seed=0))
+    with pytest.raises(ValueError, match="variant"):
+        F.sample_row(tiny, 4, "ddim", 5, "eta2", schedule=SMALL_T)
+
+
+def test_fid_table_resumes_from_its_cache(tiny, tmp_path, monkeypatch):
+    classifier = FeatureClassifier(FASHION_CLASSIFIER).eval()
+    cache = tmp_path / "rows.json"
+    first = F.fid_table(tiny, 128, (("ddim", 2, ""), ("ddim", 2, "eta1")), schedule=SMALL_T, classifier=classifier, cache=cache)
+    assert set(first) == {"fid_floor", "fid_ddim_2", "fid_ddim_eta1_2", "fid_n"}
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a cached row was sampled again")
+
+    monkeypatch.setattr(F, "sample_row", no_sampling)
+    assert F.fid_table(tiny, 128, (("ddim", 2, ""), ("ddim", 2, "eta1")), schedule=SMALL_T, classifier=classifier,
+                       cache=cache) == first
+    other = UNet(TINY).eval()  # other weights: the cache does not apply
+    with pytest.raises(AssertionError, match="sampled again"):
+        F.fid_table(other, 128, (("ddim", 2, ""),), schedule=SMALL_T, classifier=classifier, cache=cache)
+
+
+def test_pipeline_default_steps(tiny):
+    pipe = F.DDPMFashionPipeline(tiny, SMALL_T, steps=4)
+    assert (pipe.default_steps, pipe.default_guidance) == (4, 1.0)
+    assert np.array_equal(pipe.generate([""] * 2, seed=1), pipe.generate([""] * 2, steps=4, guidance=1.0, seed=1))
+    assert not np.array_equal(pipe.generate([""] * 2, seed=1), pipe.generate([""] * 2, steps=3, seed=1))
+    assert F.ddpm_fashion_pipeline(tiny, F.model_config(TINY, SMALL_T)).default_steps == F.SAMPLE_STEPS == 50
 
 
 def test_trajectories_end_where_sample_ends():

@@ -49,14 +49,24 @@ UNET_CONFIG = UNetConfig(
 # The cosine schedule rather than DDPM's linear one: the linear schedule keeps less than 10% of
 # the signal's amplitude (sqrt(alpha_bar) < 0.1) from t = 673 on, so at 32x32 the last third of
 # the training timesteps see almost the same picture of noise, and few-step sampling suffers most
-# (Nichol & Dhariwal 2021, Sec. 3.2 and Fig. 3-5); the cosine schedule crosses 0.1 at t = 935. "trailing" spacing makes every
-# respaced chain start at t = T-1, the noise level the sampler really starts from (Lin et al.
-# 2024); with "leading" spacing a 10-step chain would start at t = 900. DDPM at 1000 steps
-# visits every t either way.
-SCHEDULE = ddpm.Schedule(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing")
+# (Nichol & Dhariwal 2021, Sec. 3.2 and Fig. 3-5); the cosine schedule crosses 0.1 at t = 935.
+# "trailing" spacing makes every respaced chain start at t = T-1, the noise level the sampler
+# really starts from (Lin et al. 2024); with "leading" spacing a 10-step chain would start at t = 900.
+#
+# v-prediction, not eps-prediction. The cosine schedule (capped at beta = 0.999) ends at SNR 2e-9:
+# a near-zero terminal SNR, where an eps-model's x0 = (xt - sqrt(1 - ab) eps_hat) / sqrt(ab) divides
+# its small eps error by sqrt(ab) = 5e-5. Measured on the first shipped model (eps, 1800 steps):
+# the x0 estimate's MSE on test images was 0.27 for the mean image, 0.49 at t = 950, 4.8 at t = 980
+# and 1.7e6 at t = 999 (1.48 after clipping, 99.9% of its pixels beyond +-1), so every DDIM chain
+# began with saturated x0 estimates, and more steps meant more of them (DDIM-100 FID 110.7 against
+# DDIM-10's 65.0). A v-model reads x0 = sqrt(ab) xt - sqrt(1 - ab) v_hat: at t = T-1 it predicts
+# x0 itself, the best estimate being the data mean (Salimans & Ho 2022, Sec. 4; Lin et al. 2024,
+# Sec. 3.2: zero terminal SNR needs v-prediction).
+SCHEDULE = ddpm.Schedule(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing", prediction_type="v_prediction")
 
-TRAIN_STEPS = 1800  # ~1-2 s/step on one thread of the (very) shared 2-core machine: ~40 minutes
+TRAIN_STEPS = 2000  # 1-2 s/step on one thread of the (very) shared 2-core machine: ~35-65 minutes
 BATCH_SIZE = 64
+SAMPLE_STEPS = 50  # the pipeline's default: DDIM-50, eta = 0 (the FID table is in the manifest)
 
 
 def train_config(steps: int | None = None):
@@ -81,16 +91,18 @@ def fashion_batch(step: int, batch_size: int, generator: torch.Generator) -> tor
     return images[torch.randint(0, len(images), (batch_size,), generator=generator)]  # (B, 1, 32, 32)
 
 
-def make_loss(schedule: ddpm.Schedule = SCHEDULE, prediction: str = "epsilon"):
+def make_loss(schedule: ddpm.Schedule = SCHEDULE, prediction: str | None = None):
     """loss_fn(model, x0, generator) for `course.train.fit`: t ~ U{0..T-1}, eps ~ N(0, I), the simple loss.
 
     Args:
         schedule: the noise schedule (its alpha_bar is used by q_sample).
-        prediction: "epsilon" (Ho et al. 2020, Eq. 14) or "v_prediction" (Salimans & Ho 2022).
+        prediction: "epsilon" (Ho et al. 2020, Eq. 14) or "v_prediction" (Salimans & Ho 2022);
+            None: the schedule's prediction_type (the recipe's: v_prediction).
 
     Returns:
         A function (model, x0 (B, 1, H, W), generator) -> 0-dim loss.
     """
+    prediction = schedule.prediction_type if prediction is None else prediction
     if prediction not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction must be 'epsilon' or 'v_prediction', got {prediction!r}")
     alpha_bar = schedule.alpha_bar
@@ -106,7 +118,7 @@ def make_loss(schedule: ddpm.Schedule = SCHEDULE, prediction: str = "epsilon"):
 
 def model_config(unet: UNetConfig = UNET_CONFIG, schedule: ddpm.Schedule = SCHEDULE) -> dict[str, Any]:
     """What the manifest stores: enough to rebuild the U-Net and to sample with the right schedule."""
-    return {"unet": asdict(unet), "schedule": asdict(schedule)}
+    return {"unet": asdict(unet), "schedule": asdict(schedule), "sample_steps": SAMPLE_STEPS}
 
 
 def train_ddpm_fashion(steps: int | None, run_dir: Path, fresh: bool, progress: bool) -> Trained:
@@ -119,10 +131,9 @@ def train_ddpm_fashion(steps: int | None, run_dir: Path, fresh: bool, progress: 
     return Trained(
         model=result.ema if result.ema is not None else result.model, config=model_config(),
         wall_time_s=result.wall_time_s, steps=result.step, interrupted=result.interrupted,
-        notes=(f"EMA weights; eps loss, cosine schedule, batch {BATCH_SIZE}, one CPU thread shared with 2-4 other "
-               "processes (0.6-2 s/step). The shipped run was planned for 3000 steps and shortened to 2400 at step "
-               "307, then to 1800 at step 746 (resumed each time, so its lr schedule changed twice); a fresh run of "
-               "the command follows the 1800-step cosine schedule throughout."),
+        notes=(f"EMA weights; v-prediction (v loss), cosine schedule with trailing spacing, batch {BATCH_SIZE}, "
+               f"{result.step} steps on one CPU thread shared with 2-4 other processes. The first shipped model "
+               "(eps-prediction, 1800 steps) had DDIM getting worse with more steps; see the recipe's SCHEDULE comment."),
     )
 
 
@@ -133,12 +144,21 @@ def load_ddpm_fashion(tensors: dict[str, torch.Tensor], config: dict) -> UNet:
     unet_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config["unet"].items()}  # JSON lists -> tuples
     model = UNet(UNetConfig(**unet_cfg))
     checkpoints.load_into(model, tensors, source="ddpm-fashion")
+    model.schedule = schedule_of(config)  # what it was trained with: the samplers below read it (`model_schedule`)
     return model.eval()
 
 
 def schedule_of(config: dict) -> ddpm.Schedule:
     """The noise schedule a manifest config was trained with."""
     return ddpm.Schedule(**config["schedule"])
+
+
+def model_schedule(model: UNet, schedule: ddpm.Schedule | None = None) -> ddpm.Schedule:
+    """`schedule` if given, else the one a loaded model was trained with (`load_ddpm_fashion` records it), else SCHEDULE.
+
+    So a checkpoint of an earlier recipe (e.g. the first, eps-predicting ddpm-fashion) is sampled as it was trained.
+    """
+    return schedule if schedule is not None else getattr(model, "schedule", SCHEDULE)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -150,8 +170,9 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def generate_x0(model: UNet, n: int, steps: int, method: str = "ddim", *, schedule: ddpm.Schedule = SCHEDULE,
-                eta: float = 0.0, seed: int = 0, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+def generate_x0(model: UNet, n: int, steps: int, method: str = "ddim", *, schedule: ddpm.Schedule | None = None,
+                eta: float = 0.0, seed: int = 0, batch_size: int = 256, progress: bool = False,
+                use_clipped_model_output: bool = False) -> torch.Tensor:
     """`n` samples from the model with `steps` DDPM or DDIM steps, (n, 1, 32, 32) in [-1, 1].
 
     One CPU generator seeded with `seed` draws all the noise, batch after batch, so the result
@@ -162,15 +183,17 @@ def generate_x0(model: UNet, n: int, steps: int, method: str = "ddim", *, schedu
         n: number of images.
         steps: sampler steps on the respaced chain (1 ... T); DDPM with steps = T is Ho et al.'s sampler.
         method: "ddpm" (ancestral) or "ddim".
-        schedule: the schedule the model was trained with.
+        schedule: the schedule the model was trained with (None: `model_schedule(model)`).
         eta: DDIM noise (0 = deterministic).
         seed: seeds the generator.
         batch_size: images per model call.
         progress: a progress bar per batch.
+        use_clipped_model_output: DDIM: eps_hat recomputed from the clipped x0_hat (`ddpm.ddim_step`).
 
     Returns:
         (n, 1, 32, 32) float32 on the CPU.
     """
+    schedule = model_schedule(model, schedule)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     out = []
@@ -178,7 +201,8 @@ def generate_x0(model: UNet, n: int, steps: int, method: str = "ddim", *, schedu
         b = min(batch_size, n - start)
         x_T = torch.randn((b, 1, 32, 32), generator=generator).to(device)
         out.append(ddpm.sample(lambda xt, t: model(xt, t), None, schedule, steps, method, eta,
-                               generator, x_T=x_T, progress=progress).cpu())
+                               generator, x_T=x_T, progress=progress,
+                               use_clipped_model_output=use_clipped_model_output).cpu())
     return torch.cat(out)
 
 
@@ -190,13 +214,16 @@ class DDPMFashionPipeline:
     (steps=1000 is Ho et al.'s original; fewer steps run it on a respaced chain).
     """
 
-    def __init__(self, model: UNet, schedule: ddpm.Schedule = SCHEDULE):
+    def __init__(self, model: UNet, schedule: ddpm.Schedule = SCHEDULE, steps: int = SAMPLE_STEPS):
         self.model = model.eval()
         self.schedule = schedule
+        self.default_steps, self.default_guidance = steps, 1.0  # unconditional: nothing to guide
 
-    def generate(self, prompts: list[str], *, steps: int = 50, guidance: float = 1.0, seed: int = 0,
+    def generate(self, prompts: list[str], *, steps: int | None = None, guidance: float | None = None, seed: int = 0,
                  method: str = "ddim", eta: float = 0.0) -> np.ndarray:
         """One image per prompt; the prompts must be empty strings (the model is unconditional).
+
+        steps None: `default_steps` (the recipe's SAMPLE_STEPS DDIM steps); guidance must be None or 1.
 
         Returns:
             uint8 (N, 32, 32, 3): the grey image repeated on three channels.
@@ -206,6 +233,8 @@ class DDPMFashionPipeline:
         if any(p != "" for p in prompts):
             raise ValueError("ddpm-fashion is unconditional: it takes no text. Pass empty prompts, one per "
                              "image ([''] * N, or leave --prompt out on the command line)")
+        steps = self.default_steps if steps is None else steps
+        guidance = self.default_guidance if guidance is None else guidance
         if guidance != 1.0:
             raise ValueError(f"ddpm-fashion is unconditional, so there is nothing to guide: use guidance=1, got {guidance}")
         T = self.schedule.num_train_timesteps
@@ -221,14 +250,39 @@ class DDPMFashionPipeline:
 
 def ddpm_fashion_pipeline(model: UNet, config: dict) -> DDPMFashionPipeline:
     """The zoo's pipeline hook."""
-    return DDPMFashionPipeline(model, schedule_of(config))
+    return DDPMFashionPipeline(model, schedule_of(config), config.get("sample_steps", SAMPLE_STEPS))
 
 
 # ----------------------------------------------------------------------------- FID
 
-EVAL_N = 256  # images per FID: 1185 sampler steps x 256 images, ~16 min on an idle thread (~28 on the shared one)
-EVAL_ROWS = (("ddpm", 1000), ("ddim", 100), ("ddim", 50), ("ddim", 25), ("ddim", 10))  # (method, steps)
-QUICK_ROWS = (("ddim", 25), ("ddim", 10))
+EVAL_N = 512  # images per FID, and the floor at the same n; DDPM-1000 is 512k image-steps (~25-60 min on one thread)
+# (method, steps, variant): variant "" is the recipe's sampler (DDIM eta = 0 with the model's own eps_hat);
+# "eta1" DDIM with eta = 1 (fast.ai's setting), "clipped_eps" eps_hat recomputed from the clipped x0_hat,
+# "leading" the "leading" spacing (chains start at t < T-1). Cheap rows first, DDPM-1000 last.
+EVAL_ROWS = (("ddim", 10, ""), ("ddim", 25, ""), ("ddim", 50, ""), ("ddim", 100, ""),
+             ("ddim", 25, "eta1"), ("ddim", 50, "eta1"), ("ddim", 100, "eta1"),
+             ("ddim", 25, "clipped_eps"), ("ddpm", 1000, ""))
+QUICK_ROWS = (("ddim", 25, ""), ("ddim", 10, ""))
+VARIANTS = ("", "eta1", "clipped_eps", "leading")
+
+
+def row_key(method: str, steps: int, variant: str = "") -> str:
+    """The manifest key of a table row: fid_ddpm_1000, fid_ddim_50, fid_ddim_eta1_50, ..."""
+    return f"fid_{method}_{variant + '_' if variant else ''}{steps}"
+
+
+def sample_row(model: UNet, n: int, method: str, steps: int, variant: str = "", *,
+               schedule: ddpm.Schedule | None = None, seed: int = 0, progress: bool = False) -> torch.Tensor:
+    """The n images of one table row, (n, 1, 32, 32) in [-1, 1] (see EVAL_ROWS for the variants)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown sampler variant {variant!r}; choose one of {VARIANTS}")
+    schedule = model_schedule(model, schedule)
+    if variant == "leading":
+        from dataclasses import replace
+
+        schedule = replace(schedule, timestep_spacing="leading")
+    return generate_x0(model, n, steps, method, schedule=schedule, seed=seed, progress=progress,
+                       eta=1.0 if variant == "eta1" else 0.0, use_clipped_model_output=variant == "clipped_eps")
 
 
 def real_images(n: int, offset: int = 0) -> np.ndarray:
@@ -239,37 +293,69 @@ def real_images(n: int, offset: int = 0) -> np.ndarray:
     return to_uint8(fashion_mnist.to_tensor_32(images[offset : offset + n]))
 
 
-def fid_table(model: UNet, n: int = EVAL_N, rows=EVAL_ROWS, *, schedule: ddpm.Schedule = SCHEDULE,
-              classifier=None, seed: int = 0, progress: bool = False) -> dict[str, float]:
-    """FID (in the fashion-classifier's features) of each (method, steps), with the real-vs-real floor.
+def _weights_key(model: UNet, n: int, seed: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, v in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return f"{h.hexdigest()[:16]}:n={n}:seed={seed}"
+
+
+def fid_table(model: UNet, n: int = EVAL_N, rows=EVAL_ROWS, *, schedule: ddpm.Schedule | None = None,
+              classifier=None, seed: int = 0, progress: bool = False, cache: Path | None = None) -> dict[str, float]:
+    """FID (in the fashion-classifier's features) of each (method, steps[, variant]), with the real-vs-real floor.
 
     Generated images are compared with the first n test images; the floor compares those with
     the next n test images, so both sides of every number have n images.
 
+    Args:
+        rows: (method, steps) or (method, steps, variant) tuples, see EVAL_ROWS.
+        cache: a JSON file that keeps each finished row (keyed by the weights, n and seed), so an
+            interrupted evaluation resumes where it stopped.
+
     Returns:
         {"fid_floor": ..., "fid_ddpm_1000": ..., "fid_ddim_50": ..., ..., "fid_n": n}, rounded to 0.01.
     """
+    import json
+
     from course.world import metrics
     from course.world.classifiers import load_fashion_classifier
 
     classifier = classifier or load_fashion_classifier()
     reference = real_images(n)
+    key = f"{_weights_key(model, n, seed)}:{model_schedule(model, schedule)!r}" if cache is not None else None
+    done = {}
+    if cache is not None and Path(cache).is_file():
+        stored = json.loads(Path(cache).read_text())
+        done = stored.get("rows", {}) if stored.get("key") == key else {}
     out = {"fid_floor": round(metrics.fid(classifier, reference, real_images(n, offset=n)), 2)}
-    for method, steps in rows:
-        x0 = generate_x0(model, n, steps, method, schedule=schedule, seed=seed, progress=progress)
-        out[f"fid_{method}_{steps}"] = round(metrics.fid(classifier, to_uint8(x0), reference), 2)
+    for row in rows:
+        method, steps, variant = (*row, "")[:3]
+        name = row_key(method, steps, variant)
+        if name not in done:
+            x0 = sample_row(model, n, method, steps, variant, schedule=schedule, seed=seed, progress=progress)
+            done[name] = round(metrics.fid(classifier, to_uint8(x0), reference), 2)
+            if cache is not None:
+                Path(cache).parent.mkdir(parents=True, exist_ok=True)
+                Path(cache).write_text(json.dumps({"key": key, "rows": done}, indent=1))
+        out[name] = done[name]
     out["fid_n"] = n
     return out
 
 
 def evaluate_ddpm_fashion(model: UNet, quick: bool = False) -> dict[str, float]:
-    """The manifest's metrics: FID of DDPM-1000 and DDIM-100/50/25/10 at n = EVAL_N, and the floor.
+    """The manifest's metrics: FID of every EVAL_ROWS row at n = EVAL_N, and the floor at the same n.
 
-    quick: n = 128 and DDIM-25 / DDIM-10 only (what the notebook recomputes live).
+    quick: n = 128 and DDIM-25 / DDIM-10 only (what the notebook recomputes live). The full table
+    keeps its finished rows in runs/ddpm-fashion/fid_rows.json, so an interrupted evaluation resumes.
     """
+    from course import paths
+
     if quick:
         return fid_table(model, 128, QUICK_ROWS)
-    return fid_table(model, EVAL_N, EVAL_ROWS, progress=True)
+    return fid_table(model, EVAL_N, EVAL_ROWS, progress=True, cache=paths.RUNS_DIR / "ddpm-fashion" / "fid_rows.json")
 
 
 # ----------------------------------------------------------------------------- widgets
@@ -311,7 +397,7 @@ def forward_process_figure(t: int = 250, schedule: str = "cosine", n: int = 6):
     return fig
 
 
-def steps_figure(model: UNet, steps: int = 25, n: int = 16, seed: int = 0, schedule: ddpm.Schedule = SCHEDULE) -> np.ndarray:
+def steps_figure(model: UNet, steps: int = 25, n: int = 16, seed: int = 0, schedule: ddpm.Schedule | None = None) -> np.ndarray:
     """A 2 x n/2 grid of DDIM samples with `steps` steps, the same starting noise for every `steps`.
 
     Returns:
