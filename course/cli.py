@@ -422,10 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text-to-image models: the unconditional image (the empty prompt), instead of --prompt")
     p.add_argument("--num", type=positive_int, default=1, help="images per prompt")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="sampler steps; None: the model's own (50 for the text-to-image models, 25 with --refine)")
+                   help="sampler steps; default: the model's recommended number (its manifest config's sample_steps: "
+                        "25 for sd1-shapes and sdxl-shapes, with or without --refine; 50 DDIM steps for ddpm-fashion)")
     p.add_argument("--guidance", type=guidance_float, default=None,
-                   help="classifier-free guidance scale, 1 ... 100 (1 = none); None: the model's own (1 for the "
-                        "text-to-image models, 3 with --refine)")
+                   help="classifier-free guidance scale, 1 ... 100 (1 = none); default: the model's recommended scale "
+                        "(its manifest config's guidance: 3 for sd1-shapes and sdxl-shapes, 1 for the unconditional "
+                        "ddpm-fashion)")
     p.add_argument("--negative-prompt", default=None, help="what to steer away from (text-to-image models, guidance > 1)")
     p.add_argument("--sampler", choices=("ddim", "euler"), default=None,
                    help="text-to-image models: DDIM or Euler (default: the model's, DDIM)")

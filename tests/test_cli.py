@@ -91,6 +91,23 @@ def test_generate_writes_pngs_and_refuses_negative_prompts_for_unconditional_mod
     assert "no --sampler choice" in capsys.readouterr().err
 
 
+def test_generate_uses_the_models_recommended_settings_unless_given(tmp_path):
+    """No --steps / --guidance: the pipeline's defaults (sd1-shapes: 25 steps, w = 3); given ones are used as is."""
+    import numpy as np
+    from PIL import Image
+
+    pipe = base.load("sd1-shapes")
+    assert (pipe.default_steps, pipe.default_guidance) == (25, 3.0)
+    common = ["generate", "--model", "sd1-shapes", "--prompt", "a red circle", "--seed", "3"]
+    assert cli.main(common + ["--out", str(tmp_path / "default")]) == 0
+    assert cli.main(common + ["--steps", "25", "--guidance", "3", "--out", str(tmp_path / "given")]) == 0
+    assert cli.main(common + ["--guidance", "1", "--out", str(tmp_path / "w1")]) == 0
+    (a,), (b,), (c,) = (list((tmp_path / d).glob("*.png")) for d in ("default", "given", "w1"))
+    a, b, c = (np.asarray(Image.open(p)) for p in (a, b, c))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.array_equal(a, pipe.generate(["a red circle"], seed=3)[0])
+
+
 def test_generate_sdxl_flags(tmp_path, capsys):
     from PIL import Image
 
@@ -123,7 +140,8 @@ def test_every_command_has_a_description_and_generate_shows_its_defaults():
     for name in ("doctor", "list", "train", "eval", "generate", "parity", "bench", "student-edition", "fetch-data"):
         assert (_subparser(name).description or "").strip(), f"`{name} --help` has no description"
     help_text = " ".join(_subparser("generate").format_help().split())
-    for default in ("the model's own (50 for the", "(default: 0)", "(default: 1)", f"(default: {cli.DEFAULT_OUT})"):
+    for default in ("the model's recommended number", "the model's recommended scale", "(default: 0)", "(default: 1)",
+                    f"(default: {cli.DEFAULT_OUT})"):
         assert default in help_text
     assert "(default: None)" not in help_text and "(default: False)" not in help_text
 

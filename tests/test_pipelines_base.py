@@ -134,6 +134,25 @@ def test_img2img_small_strength_stays_near_the_init_latents(pipe):
     assert images.shape == (1, 8, 8, 3)
 
 
+def test_defaults_apply_only_to_what_a_call_leaves_out(pipe):
+    fresh = TextToImage(pipe.unet, pipe.text_encoder, pipe.codec, SD, image_size=8)
+    assert (fresh.default_steps, fresh.default_guidance) == (50, 1.0)  # a real SD folder's: diffusers' defaults
+    fresh.set_defaults(3, 5.0)
+    assert (fresh.default_steps, fresh.default_guidance) == (3, 5.0)
+    given = fresh.sample(["a red circle"], steps=3, guidance=5.0, seed=0)
+    torch.testing.assert_close(fresh.sample(["a red circle"], seed=0), given)  # left out: the defaults
+    torch.testing.assert_close(fresh.sample(["a red circle"], steps=3, guidance=1.0, seed=0),  # given: used as is
+                               pipe.sample(["a red circle"], steps=3, guidance=1.0, seed=0))
+    assert (fresh.sample(["a red circle"], guidance=1.0, seed=0) - given).abs().max() > 1e-4
+    assert (fresh.sample(["a red circle"], steps=2, seed=0) - given).abs().max() > 1e-4
+    fresh.set_defaults(guidance=1.0)
+    assert fresh.default_steps == 3  # None keeps the other one
+    with pytest.raises(ValueError, match="default steps"):
+        fresh.set_defaults(steps=0)
+    with pytest.raises(ValueError, match="guidance must be in"):
+        fresh.set_defaults(guidance=0.5)
+
+
 def test_given_latents_are_used(pipe):
     z = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     a = pipe.sample_latents(["x"], steps=2, latents=z, seed=0)

@@ -130,6 +130,30 @@ def test_pipeline_and_quick_evaluation_run_on_an_untrained_model(clip, codec):
         assert f"shapes_eval_full_match_two_objects_w{w}" in metrics
 
 
+def test_pipeline_defaults_are_the_recommended_settings_and_never_override_a_call(clip, codec):
+    model = sd1_shapes.SD1Shapes(tiny_unet().eval(), sd1.prompt_encoder_from_clip(clip), codec, sd1_shapes.SCHEDULE)
+    pipe = sd1_shapes.sd1_shapes_pipeline(model, {})
+    assert (pipe.default_steps, pipe.default_guidance) == (sd1_shapes.SAMPLE_STEPS, sd1_shapes.GUIDANCE) == (25, 3.0)
+    cfg = sd1_shapes.sd1_config(sd1_shapes.SD1_SHAPES_UNET, {})
+    assert (cfg["sample_steps"], cfg["guidance"]) == (25, 3.0)
+    pipe = sd1_shapes.sd1_shapes_pipeline(model, {"sample_steps": 3, "guidance": 5.0})  # the config's own
+    assert (pipe.default_steps, pipe.default_guidance) == (3, 5.0)
+    assert np.array_equal(pipe.generate(["a red circle"], seed=0), pipe.generate(["a red circle"], steps=3, guidance=5.0, seed=0))
+    assert not np.array_equal(pipe.generate(["a red circle"], guidance=1.0, seed=0),
+                              pipe.generate(["a red circle"], seed=0))
+
+
+def test_prompt_style_metrics_cover_three_styles_per_attribute(clip, codec):
+    model = sd1_shapes.SD1Shapes(tiny_unet().eval(), sd1.prompt_encoder_from_clip(clip), codec, sd1_shapes.SCHEDULE)
+    out = sd1_shapes.prompt_style_metrics(model, 6, steps=2)
+    assert out["style_held_out_prompts"] == 6 and out["style_guidance"] == 3.0
+    for style in ("canonical", "paraphrase", "short"):
+        for group in ("one", "two"):
+            for attr in ("full_match", "color", "shape", "binding", "position", "size", "count"):
+                assert 0.0 <= out[f"style_{style}_{group}_{attr}"] <= 1.0
+    assert out["style_short_one_position"] == out["style_short_one_size"] == 1.0  # short prompts state neither
+
+
 def test_zoo_card_resolves():
     from course import zoo
 

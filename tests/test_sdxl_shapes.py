@@ -110,6 +110,18 @@ def test_micro_conditioning_changes_the_shipped_models_output():
     assert np.abs(plain.astype(int) - cropped).max() > 50
 
 
+def test_shipped_pipeline_defaults_are_the_recommended_settings():
+    from course.pipelines import base
+
+    _shipped("sdxl-shapes")
+    pipe = base.load("sdxl-shapes")
+    assert (pipe.default_steps, pipe.default_guidance) == (S.EVAL_STEPS, S.EVAL_GUIDANCE) == (25, 3.0)
+    assert (pipe.default_guidance, pipe.default_steps) != (1.0, 50)  # not the old worst setting
+    pipe.set_defaults(steps=4)  # a short chain keeps the test fast; the guidance stays the recommended 3
+    assert np.array_equal(pipe.generate(["a red circle"], seed=1), pipe.generate(["a red circle"], steps=4, guidance=3.0, seed=1))
+    assert not np.array_equal(pipe.generate(["a red circle"], guidance=1.0, seed=1), pipe.generate(["a red circle"], seed=1))
+
+
 def test_shipped_ablation_measures():
     """The manifest's crop ablation: micro-conditioning at crop (0, 0) cuts fewer objects at the border."""
     _shipped("sdxl-shapes")

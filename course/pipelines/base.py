@@ -22,8 +22,15 @@ from course.diffusion import ddpm, euler
 
 
 class Pipeline(Protocol):
-    def generate(self, prompts: list[str], *, steps: int = 50, guidance: float = 1.0, seed: int = 0) -> np.ndarray:
-        """One uint8 image (H, W, 3) per prompt, stacked (N, H, W, 3); deterministic for a seed."""
+    default_steps: int  # what `generate` uses when a call gives no steps: the model's recommended number
+    default_guidance: float  # the same for the guidance scale (1.0 for unconditional models)
+
+    def generate(self, prompts: list[str], *, steps: int | None = None, guidance: float | None = None,
+                 seed: int = 0) -> np.ndarray:
+        """One uint8 image (H, W, 3) per prompt, stacked (N, H, W, 3); deterministic for a seed.
+
+        steps / guidance None: the model's recommended settings (`default_steps`, `default_guidance`).
+        """
         ...
 
 
@@ -324,7 +331,14 @@ class TextToImage:
         image_size: H = W of the images generated (a multiple of the codec's downsample factor).
         sampler: the default sampler, one of SAMPLERS ("euler" for folders that ship an
             EulerDiscreteScheduler); `generate(sampler=...)` overrides it per call.
+
+    `default_steps` and `default_guidance` are what `generate` uses when a call gives no `steps` or
+    `guidance` (DEFAULT_STEPS and 1.0, diffusers' no-guidance default, unless `set_defaults` gives a
+    model's recommended ones, as the zoo's pipelines do); a value a call passes is always used as is.
     """
+
+    DEFAULT_STEPS = 50  # a real SD folder's pipeline: diffusers' num_inference_steps default
+    DEFAULT_GUIDANCE = 1.0  # no guidance unless the model recommends some
 
     def __init__(self, unet: nn.Module, text_encoder: Callable, codec: nn.Module, schedule: ddpm.Schedule, image_size: int,
                  sampler: str = "ddim"):
@@ -336,6 +350,21 @@ class TextToImage:
         self.unet, self.text_encoder, self.codec, self.schedule = unet, text_encoder, codec, schedule
         self.image_size, self.sampler = image_size, sampler
         self.latent_shape = (codec.vae.config.latent_channels, image_size // f, image_size // f)  # (C, h, w)
+        self.default_steps, self.default_guidance = self.DEFAULT_STEPS, self.DEFAULT_GUIDANCE
+
+    def set_defaults(self, steps: int | None = None, guidance: float | None = None) -> "TextToImage":
+        """Make `steps` / `guidance` what `generate` uses when a call leaves them out (None keeps the current one).
+
+        Returns:
+            the pipeline itself.
+        """
+        if steps is not None:
+            if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+                raise ValueError(f"default steps must be an integer >= 1, got {steps!r}")
+            self.default_steps = int(steps)
+        if guidance is not None:
+            self.default_guidance = check_guidance(guidance)
+        return self
 
     @property
     def size_multiple(self) -> int:
@@ -457,13 +486,15 @@ class TextToImage:
         return check_finite(self.codec.decode(z0.to(self._codec_device())), "the decoded images")  # (B, 3, H, W)
 
     @torch.no_grad()
-    def sample_latents(self, prompts: list[str], *, steps: int = 50, guidance: float = 1.0, seed: int = 0,
+    def sample_latents(self, prompts: list[str], *, steps: int | None = None, guidance: float | None = None, seed: int = 0,
                        negative_prompts: list[str] | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
                        init_images: torch.Tensor | None = None, strength: float = 1.0, sampler: str | None = None,
                        size: tuple[int, int] | None = None, init_latents: torch.Tensor | None = None,
                        **conditioning) -> torch.Tensor:
         """The clean latents z0 (B, C, h, w) before the VAE decoder; the arguments are `generate`'s."""
         sampler = self.sampler if sampler is None else sampler
+        steps = self.default_steps if steps is None else steps  # None: the model's recommended setting
+        guidance = self.default_guidance if guidance is None else guidance
         self._check(prompts, negative_prompts, steps, guidance, sampler, eta, seed)
         H, W = self._size(size)
         self._check_memory(len(prompts), (H, W), guidance)
@@ -506,7 +537,7 @@ class TextToImage:
         return check_finite(ddim_sample(model_fn, xt, self.schedule, steps, timesteps, eta, generator),
                             "the latents")  # (B, C, h, w)
 
-    def generate(self, prompts: list[str], *, steps: int = 50, guidance: float = 1.0, seed: int = 0,
+    def generate(self, prompts: list[str], *, steps: int | None = None, guidance: float | None = None, seed: int = 0,
                  negative_prompts: list[str] | None = None, eta: float = 0.0, latents: torch.Tensor | None = None,
                  init_images: np.ndarray | torch.Tensor | None = None, strength: float = 1.0, sampler: str | None = None,
                  size: tuple[int, int] | None = None, init_latents: torch.Tensor | None = None,
@@ -517,8 +548,10 @@ class TextToImage:
             prompts: B strings, one image each. The empty prompt "" is the unconditional image (what the
                 model makes when told nothing, as for CFG's other branch). A word the text encoder was
                 not trained on, or a prompt longer than its context, gives a `PromptWarning` naming it.
-            steps: sampler steps of the full chain (img2img runs the last int(steps * strength) of them).
-            guidance: classifier-free guidance scale, a finite w in 1 ... MAX_GUIDANCE (1: no guidance, one forward per step).
+            steps: sampler steps of the full chain (img2img runs the last int(steps * strength) of them);
+                None: `default_steps`, the model's recommended number.
+            guidance: classifier-free guidance scale, a finite w in 1 ... MAX_GUIDANCE (1: no guidance, one forward
+                per step); None: `default_guidance`, the model's recommended scale.
             seed: 0 ... 2^63 - 1; seeds a fresh CPU torch.Generator for this call: the same seed gives the same images.
             negative_prompts: B strings that replace the empty prompt as the unconditional branch.
             eta: DDIM noise, 0 (deterministic) ... 1; DDIM only.

@@ -75,7 +75,7 @@ STEPS = 5000  # ~35 min alone on one CPU thread (65 min with three trainings sha
 REFINER_STEPS = 2500
 REFINER_T_MAX = 200  # the refiner trains on t < 200 of 1000 (SDXL's refiner: the first 200 noise levels)
 REFINE_STRENGTH = 0.2  # SDEdit strength of the refiner pass: the last 20% of the chain, t < 200
-EVAL_STEPS, EVAL_GUIDANCE = 25, 3.0
+EVAL_STEPS, EVAL_GUIDANCE = 25, 3.0  # also the recommended settings: `generate`'s defaults
 
 
 def _frozen_parts():
@@ -209,9 +209,11 @@ class SDXLShapes(nn.Module):
         self.unet, self.text_encoder, self.codec = unet, text_encoder, codec
         self.micro_conditioning = micro_conditioning
 
-    def pipeline(self) -> ShapesSDXLPipeline:
-        return ShapesSDXLPipeline(self.unet.eval(), self.text_encoder, self.codec, SCHEDULE, shapes.IMAGE_SIZE,
+    def pipeline(self, steps: int | None = None, guidance: float | None = None) -> ShapesSDXLPipeline:
+        """The pipeline; its defaults are the recommended EVAL_STEPS and EVAL_GUIDANCE unless given."""
+        pipe = ShapesSDXLPipeline(self.unet.eval(), self.text_encoder, self.codec, SCHEDULE, shapes.IMAGE_SIZE,
                                   force_zeros_for_empty_prompt=True, micro_conditioning=self.micro_conditioning)
+        return pipe.set_defaults(EVAL_STEPS if steps is None else steps, EVAL_GUIDANCE if guidance is None else guidance)
 
 
 # ----------------------------------------------------------------------------- training (zoo contract)
@@ -240,7 +242,8 @@ def _train(name: str, steps: int, run_dir: Path, fresh: bool, progress: bool, *,
     cfg = {"unet": asdict(SDXL_SHAPES_UNET), "schedule": asdict(SCHEDULE), "parts": parts,
            "micro_conditioning": micro, "offset_noise": OFFSET_NOISE, "buckets": [list(b) for b in BUCKETS],
            "bucket_shares": list(BUCKET_SHARES), "caption_dropout": CAPTION_DROPOUT,
-           "p_crop": p_crop, "p_lowres": p_lowres, "t_max": SCHEDULE.num_train_timesteps if t_max is None else t_max}
+           "p_crop": p_crop, "p_lowres": p_lowres, "t_max": SCHEDULE.num_train_timesteps if t_max is None else t_max,
+           "sample_steps": EVAL_STEPS, "guidance": EVAL_GUIDANCE}
     return Trained(model=(result.ema if result.ema is not None else result.model).eval(), config=cfg,
                    wall_time_s=result.wall_time_s, steps=result.step, interrupted=result.interrupted, notes=notes)
 
@@ -285,8 +288,11 @@ def load_sdxl_shapes_from(tensors: dict[str, torch.Tensor], config: dict) -> SDX
 
 
 def sdxl_shapes_pipeline(model: SDXLShapes, config: dict) -> ShapesSDXLPipeline:
-    """The zoo's pipeline hook: `course.pipelines.base.load("sdxl-shapes").generate(prompts, ...)`."""
-    return model.pipeline()
+    """The zoo's pipeline hook: `course.pipelines.base.load("sdxl-shapes").generate(prompts, ...)`.
+
+    Its default steps and guidance are the config's recommended ones ("sample_steps", "guidance").
+    """
+    return model.pipeline(config.get("sample_steps", EVAL_STEPS), config.get("guidance", EVAL_GUIDANCE))
 
 
 def load(name: str = "sdxl-shapes") -> SDXLShapes:
@@ -461,3 +467,42 @@ def crop_ablation(n: int = 128, steps: int = 15, seed: int = 0) -> dict[str, dic
         sets[name] = _generate(load(name).pipeline(), prompts, steps=steps, guidance=EVAL_GUIDANCE)
     return {k: {"cut_off_share": metrics.cut_off_share(v), "sharpness": float(metrics.sharpness(v).mean())}
             for k, v in sets.items()}
+
+
+@torch.no_grad()
+def prompt_style_metrics(model: nn.Module, n: int = 256, *, refiner: nn.Module | None = None, steps: int = EVAL_STEPS,
+                         guidance: float = EVAL_GUIDANCE, strength: float = REFINE_STRENGTH,
+                         batch_size: int = 128) -> dict[str, float]:
+    """ShapesEval per prompt style (canonical, paraphrase, short) on the same n held-out scenes, per attribute.
+
+    With `refiner` (an SDXLShapes, e.g. `load("sdxl-shapes-refiner")`), each image is also refined
+    (`refine`, same seed) and scored: keys "refined_style_..." beside the base model's "style_...".
+
+    Returns:
+        `course.world.metrics.style_table` keys and the settings.
+    """
+    from course.world import metrics
+
+    base = _assembled(model).pipeline()
+    ref = _assembled(refiner).pipeline() if refiner is not None else None
+    scenes = shapes.sample_scenes(n, HELD_OUT_SEED)
+    out: dict[str, float] = {"style_held_out_prompts": n, "style_ddim_steps": steps, "style_guidance": guidance}
+    base_reports, refined_reports = {}, {}
+    for style in metrics.PROMPT_STYLES:
+        prompts = metrics.style_prompts(scenes, style)
+        base_images, refined_images = [], []
+        for i in range(0, n, batch_size):
+            chunk = prompts[i : i + batch_size]
+            if ref is None:
+                base_images.append(base.generate(chunk, steps=steps, guidance=guidance, seed=i))
+            else:
+                b, r = refine(base, ref, chunk, steps=steps, guidance=guidance, seed=i, strength=strength)
+                base_images.append(b)
+                refined_images.append(r)
+        base_reports[style] = metrics.shapes_eval(np.concatenate(base_images), prompts)
+        if ref is not None:
+            refined_reports[style] = metrics.shapes_eval(np.concatenate(refined_images), prompts)
+    out |= metrics.style_table(base_reports)
+    if ref is not None:
+        out |= {"style_refine_strength": strength} | metrics.style_table(refined_reports, prefix="refined_")
+    return out
