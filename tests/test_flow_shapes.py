@@ -70,3 +70,17 @@ def test_the_diffusers_grid_wastes_its_last_step():
     assert (one - two_uniform).abs().max() > 0.05 * one.abs().max()
     with pytest.raises(ValueError, match="grid"):
         fs.sample_flow_latents(model, labels, steps=2, grid="karras")
+
+
+def test_the_ablation_summary_reads_every_row_and_floor():
+    from course.recipes import flow_ablations as A
+
+    row = lambda f: {"fid": f, "fid_floor": 0.5, "class_accuracy": 0.9, "n": 512}  # noqa: E731
+    results = {"rf_euler_1": row(100.0), "rf_euler_8": row(2.0), "dit_ddim_50": row(7.0), "vp_euler_8": row(3.0),
+               "reflow_euler_1": row(9.0), "rf_straightness": {"straightness": 1.2},
+               "reflow_straightness": {"straightness": 0.1}, "toy_moons_ot": {"sw_1": 1.0}}
+    s = A.summary(results)
+    assert s["rf_euler"] == {"1": {"fid": 100.0, "class_accuracy": 0.9}, "8": {"fid": 2.0, "class_accuracy": 0.9}}
+    assert set(s["dit_ddim"]) == {"50"} and set(s["vp_euler"]) == {"8"} and set(s["reflow_euler"]) == {"1"}
+    assert s["straightness"] == {"rf": 1.2, "reflow": 0.1}
+    assert s["toys"] == {"moons_ot": {"sw_1": 1.0}} and s["fid_floor"] == [0.5]

@@ -207,20 +207,26 @@ def train_flow_shapes(steps: int | None, run_dir: Path, fresh: bool, progress: b
 
 
 def _reflow_pairs(base: DiT, n: int = REFLOW_PAIRS, seed: int = REFLOW_SEED, cache: Path | None = None):
-    """(labels (n,), x0 (n, C, h, w), eps (n, C, h, w)): base's guided samples from fresh noise, balanced classes."""
+    """base's guided samples from fresh noise, balanced classes, and the seconds they took to make.
+
+    Returns:
+        ((labels (n,), x0 (n, C, h, w), eps (n, C, h, w)), seconds); a cached set keeps its seconds.
+    """
     from course.checkpoints import load_tensors, save_tensors
 
     if cache is not None and cache.exists():
         t = load_tensors(cache)
-        return t["labels"], t["x0"], t["eps"]
+        return (t["labels"], t["x0"], t["eps"]), float(t["seconds"]) if "seconds" in t else float("nan")
+    t0 = time.perf_counter()
     cfg = base.config
     labels = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % (cfg.num_classes)
     eps = torch.randn(n, cfg.in_channels, cfg.input_size, cfg.input_size, generator=torch.Generator().manual_seed(seed))
     x0 = sample_flow_latents(base, labels, steps=REFLOW_PAIR_STEPS, guidance=REFLOW_GUIDANCE, noise=eps, grid=GRID)
+    seconds = time.perf_counter() - t0
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        save_tensors(cache, {"labels": labels, "x0": x0, "eps": eps})
-    return labels, x0, eps
+        save_tensors(cache, {"labels": labels, "x0": x0, "eps": eps, "seconds": torch.tensor(seconds)})
+    return (labels, x0, eps), seconds
 
 
 def train_flow_shapes_reflow(steps: int | None, run_dir: Path, fresh: bool, progress: bool) -> Trained:
@@ -233,9 +239,7 @@ def train_flow_shapes_reflow(steps: int | None, run_dir: Path, fresh: bool, prog
     _, vae_sha = dit_shapes._frozen_codec()
     tensors, entry = checkpoints.load_checkpoint("flow-shapes")
     base = load_flow_shapes_from(tensors, entry["config"])
-    t0 = time.perf_counter()
-    bank = _reflow_pairs(base, cache=Path(run_dir) / "reflow_pairs.safetensors")
-    pairs_s = time.perf_counter() - t0
+    bank, pairs_s = _reflow_pairs(base, cache=Path(run_dir) / "reflow_pairs.safetensors")
     # the pairs carry their labels and were made with guidance: no label dropout, sampled without CFG
     result, _ = train_flow(FLOW_SHAPES, steps, run_dir, fresh=fresh, progress=progress, bank=bank, init=base,
                            lr=REFLOW_LR, class_dropout=0.0, warmup_steps=50)
