@@ -340,6 +340,9 @@ def test_9_unknown_words_warn_on_the_command_line(tmp_path, capsys):
 @needs("sd1-shapes")
 def test_10_a_negative_prompt_at_guidance_1_warns(sd1):
     with pytest.warns(base.PromptWarning, match="ignored at guidance 1"):
+        sd1.generate(["a red circle"], steps=1, guidance=1.0, negative_prompts=["a blue circle"])
+    with warnings.catch_warnings():  # the default guidance is the model's recommended 3: the negative prompt acts
+        warnings.simplefilter("error", base.PromptWarning)
         sd1.generate(["a red circle"], steps=1, negative_prompts=["a blue circle"])
 
 
