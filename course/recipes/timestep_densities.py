@@ -94,6 +94,7 @@ def ablation_figure(record: dict) -> Figure:
 
     table = record["table"]
     plain = FuncFormatter(lambda y, _: f"{y:g}")
+    seeds = max(row["seeds"] for row in table.values())
     fig = Figure(figsize=(12, 4.2), layout="constrained")
     for ax, steps in zip(fig.subplots(1, len(EVAL_STEPS)), EVAL_STEPS):
         for k, (f, row) in enumerate(table.items()):
@@ -101,7 +102,7 @@ def ablation_figure(record: dict) -> Figure:
             ax.errorbar(r["class_accuracy"], r["fid"], xerr=r["accuracy_spread"], yerr=r["fid_spread"], fmt="o",
                         color=f"C{k}", capsize=3, label=f)
         ax.set(xlabel="class accuracy (higher is better)", ylabel="Shapes-FID (log, lower is better)", yscale="log",
-               title=f"{steps} sampling steps (bars: half the range over the seeds)")
+               title=f"{steps} sampling steps" + (" (bars: half the range over the seeds)" if seeds > 1 else " (one seed)"))
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(plain)
     ax.legend(fontsize=7, loc="upper right")
