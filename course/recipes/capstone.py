@@ -275,9 +275,26 @@ if __name__ == "__main__":
                                          "seconds": round(time.perf_counter() - t0)}
                 out_path.write_text(json.dumps(res, indent=1))
                 print(name, res[name], flush=True)
+    elif sys.argv[1:2] == ["t5drop"]:  # SD3's T5-free mode: sd3-shapes with and without the MiniLM stream
+        from course.recipes import sd3_shapes
+
+        model = sd3_shapes.load()
+        res = {}
+        for name, drop in (("all streams", ()), ("MiniLM dropped", ("minilm",))):
+            pipe = model.pipeline(drop=drop)
+            res[name] = style_metrics(lambda p: generate_batched(pipe, p), 256)
+        Path("runs/sd3-shapes-capstone/t5drop.json").write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
+    elif sys.argv[1:2] == ["upsample"]:  # the prompt upsampler on the short-prompt set
+        from course.recipes import sd3_shapes
+
+        pipe = sd3_shapes.load().pipeline()
+        res = upsampler_eval(lambda p: generate_batched(pipe, p), 256)
+        Path("runs/sd3-shapes-capstone/upsample.json").write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
     elif sys.argv[1:2] == ["recaption"]:
         result = recaption_experiment()
         Path("runs/sd3-shapes-recaption/result.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result, indent=1))
     else:
-        print("usage: python -m course.recipes.capstone bleeding [MODEL ...] | recaption")
+        print("usage: python -m course.recipes.capstone bleeding [MODEL ...] | t5drop | upsample | recaption")
