@@ -136,3 +136,22 @@ def test_gmm_marginal_field_is_the_posterior_mean_of_the_conditional_target():
     torch.testing.assert_close(a * x0 + b * eps, x)  # the posterior means are consistent with xt
     u = flow.gmm_marginal_velocity(x, t, mu, std, torch.ones(1, **F64), p)
     torch.testing.assert_close(u, eps - x0)
+
+
+def test_chapter_07_checkers_pass_the_package_and_explain_classic_mistakes():
+    from course.exercises import ch07
+    from course.exercises.runner import ExerciseFailed
+
+    def cfm(model, x0, eps, t):
+        xt, u = flow.rf_path(x0, eps, t)
+        return flow.cfm_loss(model(xt, t), u)
+
+    assert ch07.check_cfm_loss(cfm)
+    assert ch07.check_euler_step(flow.euler_step)
+    assert ch07.check_straightness(flow.straightness)
+    with pytest.raises(ExerciseFailed, match="t = 1 is noise"):  # the reversed time convention
+        ch07.check_cfm_loss(lambda m, x0, eps, t: cfm(m, eps, x0, t))
+    with pytest.raises(ExerciseFailed, match="sign flip"):
+        ch07.check_euler_step(lambda x, v, s, sn: x + (s - sn) * v)
+    with pytest.raises(ExerciseFailed, match="chord"):  # the chord from the wrong end
+        ch07.check_straightness(lambda v_fn, x_T, steps: flow.straightness(lambda x, s: -v_fn(x, s), x_T, steps))
