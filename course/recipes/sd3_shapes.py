@@ -73,7 +73,7 @@ BANK_SEED = 999  # never the held-out seed
 HELD_OUT_SEED = 424_242  # the evaluation scenes, as sd1-shapes / sdxl-shapes
 BATCH_SIZE = 64
 LR = 1e-3  # with QK-norm (chapter 09 part 1: the max logit stays bounded at 1e-3 and 1e-2)
-STEPS = 6000
+STEPS = 4500
 SAMPLE_STEPS, GUIDANCE = 20, 4.0  # the recommended settings: `generate`'s defaults (see the manifest)
 
 # Seconds per training step, measured with `time_architectures` (one CPU thread, batch 64, 48 text tokens,
