@@ -195,7 +195,7 @@ axes[1].set(xlabel="t", ylabel="log SNR = log(a^2 / b^2)", title="signal-to-nois
 axes[2].set(xlabel="t", ylabel="a'^2 + b'^2", yscale="log", title="size of the target u_t (per unit x0, eps)")
 axes[0].legend(fontsize=7)
 axes[1].legend(fontsize=8)
-axes[2].legend(fontsize=8);'''),
+_ = axes[2].legend(fontsize=8)'''),
     ("md", '''Two things to read off. The VP path spends most of its time near pure noise (its log-SNR falls fast
 and flattens), while OT's log-SNR is symmetric around t = 0.5. And the VP target's size **blows up
 as t → 0**: db/dt ~ 1/√t there, so E‖u_t‖² grows without bound near the data end — a model trained on
@@ -242,7 +242,7 @@ fig, ax = plt.subplots(figsize=(4.5, 3), layout="constrained")
 ax.loglog(ns, [r["relative_diff"] for r in runs], "o-", label="measured")
 ax.loglog(ns, [runs[0]["relative_diff"] * (ns[0] / n) ** 0.5 for n in ns], "k--", label="1 / sqrt(n)")
 ax.set(xlabel="samples n", ylabel="relative gradient difference", title="CFM and FM: the same gradient")
-ax.legend(fontsize=8);'''),
+_ = ax.legend(fontsize=8)'''),
     ("md", '''The relative difference falls roughly as 1/√n (one draw per n, so the points scatter around the
 dashed line), the signature of pure sampling noise around equal expectations; the loss gap stays put (the conditional target's variance, which no model can remove).
 So a model trained with the cheap CFM loss learns the marginal field.
@@ -308,7 +308,7 @@ for path, run in toy.items():
     smooth = np.convolve(run.losses, np.ones(50) / 50, mode="valid")
     ax.plot(smooth, label=f"{path} path ({run.seconds:.0f} s)")
 ax.set(xlabel="step", ylabel="CFM loss (50-step mean)", yscale="log", title="two moons: the CFM loss while training")
-ax.legend(fontsize=8);'''),
+_ = ax.legend(fontsize=8)'''),
     ("md", '''The VP loss is larger and noisier: its targets near t = 0 are huge (section 2). The learned fields,
 −v (the direction a sample moves as t falls) with the samples riding them, at five times:'''),
     ("code", '''# NBVAL_IGNORE_OUTPUT
