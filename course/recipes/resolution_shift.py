@@ -39,10 +39,10 @@ SHIFTS = (1.0, ALPHA, 3.0)
 SAMPLE_STEPS = (10, 25)
 BASE = "rf/lognorm(0.00, 1.00)"  # SD3's choice, fine-tuned from the ablation's seed-0 run
 NET_128 = dataclasses.replace(A.NET, input_size=SIZE // 8)  # 16x16 latents, p = 2: 64 tokens
-FINETUNE_STEPS = 400
+FINETUNE_STEPS = 300
 FINETUNE_BATCH = 32
 BANK_128 = 4096  # one-object scenes at 128x128
-EVAL_N = 192  # FID needs at least 2 x its 64 features; the floor is measured at the same n
+EVAL_N = 256  # Shapes-FID needs at least 2 x its 128 features; the floor is measured at the same n
 
 
 # ----------------------------------------------------------------------------- the argument

@@ -71,7 +71,7 @@ def density_panel(m: float, s: float) -> Figure:
     ax_w.plot(t, sampler.weight(_T).numpy(), "C3", lw=1.6)
     median = float(torch.sigmoid(torch.tensor(m)))
     ax_p.axvline(median, color="C3", lw=0.6)
-    ax_p.set(xlabel="t", ylabel="pi(t)", ylim=(0, 3.2), title=f"density (median t = {median:.2f})")
+    ax_p.set(xlabel="t", ylabel="pi(t)", ylim=(0, 3.6), title=f"density (median t = {median:.2f})")
     ax_w.set(xlabel="t", ylabel="w_t (log)", yscale="log", ylim=(1e-3, 1e2), title="loss weight")
     ax_p.legend(fontsize=7, loc="upper left")
     return fig
