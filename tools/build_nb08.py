@@ -445,8 +445,8 @@ real 128-px renders pooled the same way (the FID floor at the same n).
 """,
     "SHIFT_TEXT": """
 **What the miniature prefers.** A shift above 1 is a little better in five of the six comparisons: at
-10 steps FID 48.9 → 48.7 → 47.7 and class accuracy 0.039 → 0.063 → 0.066 for shifts 1, 2, 3; at 25 steps
-FID 47.3 → 45.9 → 46.7 and accuracy 0.066 → 0.070 → 0.078. But these differences are **within the noise
+10 steps FID 48.9 → 48.7 → 47.7 and class accuracy 0.039 → 0.062 → 0.066 for shifts 1, 2, 3; at 25 steps
+FID 47.2 → 45.9 → 46.7 and accuracy 0.066 → 0.070 → 0.078. But these differences are **within the noise
 of 256 samples** (an accuracy of 0.05 on 256 images has a standard error of about 0.014; FID moves by a
 few points between sample sets of this size), so the miniature *leans* toward shifts of 2–3, as SD3's
 raters preferred shifts above 1.5, without establishing it. Two reasons it is weak here: the fine-tuned
