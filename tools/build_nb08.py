@@ -418,7 +418,7 @@ middle-heavy sampler is the winning recipe in both.
 
 **Where it does not.** (1) **eps/linear is last here** (FID 101 at 25 steps, accuracy 0.01), where SD3
 puts it third, ahead of CosMap and uniform rectified flow. Its per-t loss (section 1) shows where: it is
-1.5–2× worse than every flow model at all t and worst at the noisy end, where its x̂0 = (xt − √(1−ᾱ)ε̂)/√ᾱ
+1.3–2× worse than rf/uniform at every t from 0.1 to 0.9 and worst at the noisy end, where its x̂0 = (xt − √(1−ᾱ)ε̂)/√ᾱ
 magnifies the ε error 150× at the first step; with guidance 3 and only 900 steps of training, that is
 fatal to the first, layout-deciding steps. SD3 trains each formulation for hundreds of thousands of
 steps on far larger models; the baseline's handicap at high noise may shrink with training, and this
