@@ -389,7 +389,7 @@ chapter 08 chose the sampler of t at this resolution (shift 1).
 SD3 drops each text encoder independently. Three coins per caption give eight cases: the model
 sees all three streams only 15% of the time, and none (the unconditional model that CFG needs)
 10% of the time, 0.463³, close to the 10% that chapter 04 chose by hand. Each stream alone is seen
-about 13% of the time, so each learns to condition the image on its own, and T5's role can be left
+about 12% of the time, so each learns to condition the image on its own, and T5's role can be left
 out at inference."""),
     ("code", """import itertools
 
@@ -418,8 +418,9 @@ for ax, (title, k) in zip(axes, cases.items()):
     ax.axvline(sd3_shapes.CLIP_LENGTH - 0.5, color="w", lw=0.8)
     ax.set(title=f"{title}\\npooled: {int((pooled[0] != 0).sum())} of {pooled.shape[1]} non-zero",
            xlabel="token (24 CLIP | 24 MiniLM)")
-axes[0].set_ylabel("channel (64 CLIP-L, 96 CLIP-G, zeros | 384 MiniLM)")
-fig.suptitle("|context| of one prompt: each stream drops on its own", fontsize=9);"""),
+axes[0].set_ylabel("channel")
+fig.suptitle("|context| of one prompt: each stream drops on its own (CLIP positions: channels 0-63 CLIP-L, "
+             "64-159 CLIP-G, then zeros; MiniLM positions: 384 channels)", fontsize=9);"""),
     ("md", """## 9. Cache what is frozen
 
 The text encoders and the VAE never change during training, so their outputs are computed once
@@ -501,8 +502,14 @@ sets = {"real renders": pairs, "colours swapped": [recolour(s, s.objects[1].colo
         "one colour on both": [recolour(s, s.objects[0].color, s.objects[0].color) for s in pairs]}
 for name, scenes_ in sets.items():
     print(f"{name:<20}", capstone.concept_bleeding(shapes.render_batch(scenes_), prompts2))"""),
-    ("md", """The rates of the course's text-to-image models on the same held-out two-object prompts are in
-their manifest entries and in the capstone (`bleeding_*` keys of `capstone.style_metrics`)."""),
+    ("md", """The Part 1 models on the 83 eligible two-object prompts of the 256 held-out scenes, at their
+recommended settings (25 DDIM steps, guidance 3), measured with `python -m course.recipes.capstone
+bleeding` and stored in `capstone.MEASURED_BLEEDING`. `bound` is the share with both objects right.
+`sd3-shapes`' rates are the `bleeding_*` keys of its manifest entry (`capstone.style_metrics`)."""),
+    ("code", """print(f"{'model':<13}{'prompts':<11}{'bleeding':>9}{'swapped':>9}{'merged':>8}{'bound':>7}")
+for model, by_style in capstone.MEASURED_BLEEDING.items():
+    for style, r in by_style.items():
+        print(f"{model:<13}{style:<11}{r['bleeding']:>9.3f}{r['swapped']:>9.3f}{r['merged']:>8.3f}{r['bound']:>7.3f}")"""),
     ("md", """## 12. What you built
 
 | chapter | what you built | where it lives |
