@@ -50,7 +50,7 @@ from course.diffusion import flow, timesteps
 from course.nn.mmdit import MMDiT, MMDiTConfig
 from course.pipelines.sd1 import PromptEncoder
 from course.pipelines.sd3 import SD3PromptEncoder, SD3TextToImage
-from course.recipes.capstone import generate_batched, style_metrics
+from course.recipes.style_eval import generate_batched, style_metrics
 from course.world import shapes
 from course.zoo import Trained
 

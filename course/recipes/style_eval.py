@@ -1,0 +1,115 @@
+"""Prompt adherence in the three prompt styles, and concept bleeding: how chapter 09 scores a text-to-image model.
+
+- `style_metrics`: ShapesEval in the three prompt styles (canonical, paraphrase and partial, short)
+  on the same held-out scenes, per attribute and per number of objects, with concept bleeding.
+- `concept_bleeding`: SDXL's "concept bleeding" in miniature (Podell et al. 2023, Sec. 4): on a
+  two-object prompt of two colours and two shapes, the share of images whose colours are swapped
+  between the objects or merged onto both.
+
+Used by `course.recipes.sd3_shapes` (its manifest metrics) and `course.recipes.capstone` (the
+chapter's table and experiments), which sits above both.
+
+Images are uint8 (B, H, W, 3).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from course.world import shapes
+
+HELD_OUT_SEED = 424_242  # the evaluation scenes of sd1-shapes, sdxl-shapes and sd3-shapes
+
+
+# Concept bleeding of the shipped Part 1 models at their recommended settings (25 DDIM steps, w = 3) on the
+# 83 eligible two-object prompts (two colours, two shapes) of the 256 held-out scenes; measured with
+# `python -m course.recipes.capstone bleeding` (runs/sd3-shapes-capstone/bleeding.json).
+MEASURED_BLEEDING = {
+    "sd1-shapes": {"canonical": {"bleeding": 0.1205, "swapped": 0.0482, "merged": 0.0723, "bound": 0.253, "n": 83},
+                   "short": {"bleeding": 0.1445, "swapped": 0.1084, "merged": 0.0361, "bound": 0.1205, "n": 83}},
+    "sdxl-shapes": {"canonical": {"bleeding": 0.1566, "swapped": 0.0, "merged": 0.1566, "bound": 0.3494, "n": 83},
+                    "short": {"bleeding": 0.1084, "swapped": 0.0843, "merged": 0.0241, "bound": 0.253, "n": 83}},
+}
+
+def generate_batched(pipe, prompts: list[str], batch_size: int = 128, **kwargs) -> np.ndarray:
+    return np.concatenate([pipe.generate(prompts[i : i + batch_size], seed=i, **kwargs)
+                           for i in range(0, len(prompts), batch_size)])
+
+
+def concept_bleeding(images: np.ndarray, prompts: list[str]) -> dict[str, float]:
+    """SDXL's "concept bleeding" in miniature: on two-object prompts of two colours and two shapes
+    (c1 s1 and c2 s2), the share of images whose colours are swapped (c2 s1 and c1 s2 drawn) or
+    merged (both shapes drawn in one of the two colours, the other colour absent).
+
+    Returns:
+        {"bleeding": swapped + merged, "swapped", "merged", "bound" (c1 s1 and c2 s2 both drawn),
+         "n" (eligible prompts)}.
+
+    Ref: Podell et al. 2023, Sec. 4 (limitations: "concept bleeding").
+    """
+    from course.world import metrics
+
+    if len(images) != len(prompts):
+        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt per image")
+    counts = {"swapped": 0, "merged": 0, "bound": 0, "n": 0}
+    labels = metrics.label_pixels(np.asarray(images)) if len(images) else []
+    for image, prompt, label in zip(images, prompts, labels):
+        objs = shapes.parse(prompt).objects
+        if len(objs) != 2 or objs[0].color == objs[1].color or objs[0].shape == objs[1].shape:
+            continue
+        (c1, s1), (c2, s2) = ((o.color, o.shape) for o in objs)
+        found = {(d.color, d.shape) for d in metrics.detect(image, label)}
+        colours = {c for c, _ in found}
+        counts["n"] += 1
+        counts["bound"] += (c1, s1) in found and (c2, s2) in found
+        counts["swapped"] += (c2, s1) in found and (c1, s2) in found
+        counts["merged"] += any((c, s1) in found and (c, s2) in found and other not in colours
+                                for c, other in ((c1, c2), (c2, c1)))
+    n = max(counts["n"], 1)
+    out = {k: round(counts[k] / n, 4) for k in ("swapped", "merged", "bound")}
+    return {"bleeding": round(out["swapped"] + out["merged"], 4), **out, "n": counts["n"]}
+
+
+def two_object_colour_binding(report) -> float:
+    """Colour binding on two-object prompts: the share of their objects drawn with the right colour on the right shape."""
+    by = report.by_objects()
+    return round(by[2].binding, 4) if 2 in by else math.nan
+
+
+@torch.no_grad()
+def style_metrics(generate, n: int = 256, seed: int = HELD_OUT_SEED) -> dict[str, float]:
+    """ShapesEval in the three prompt styles on n held-out scenes (per attribute, one / two objects), and
+    concept bleeding on each style's two-object prompts.
+
+    Args:
+        generate: prompts -> uint8 images (B, 64, 64, 3), e.g. a pipeline at its settings.
+    """
+    from course.world import metrics
+
+    scenes = shapes.sample_scenes(n, seed)
+    out: dict[str, float] = {}
+    reports = {}
+    for style in metrics.PROMPT_STYLES:
+        prompts = metrics.style_prompts(scenes, style)
+        images = generate(prompts)
+        reports[style] = metrics.shapes_eval(images, prompts)
+        out |= {f"bleeding_{style}_{k}": v for k, v in concept_bleeding(images, prompts).items()}
+    return out | metrics.style_table(reports)
+
+
+def two_object_prompts(n: int = 256, style: str = "canonical", seed: int = HELD_OUT_SEED) -> list[str]:
+    """The prompts of the n held-out scenes that `concept_bleeding` scores (two colours, two shapes), in a style."""
+    from course.world import metrics
+
+    scenes = [s for s in shapes.sample_scenes(n, seed) if len(s.objects) == 2
+              and s.objects[0].color != s.objects[1].color and s.objects[0].shape != s.objects[1].shape]
+    return metrics.style_prompts(scenes, style)
+
+
+@torch.no_grad()
+def bleeding_rates(generate, n: int = 256, styles: tuple[str, ...] = ("canonical", "short")) -> dict[str, dict]:
+    """`concept_bleeding` of a model (prompts -> uint8 images) on the eligible two-object prompts of n held-out scenes."""
+    return {style: concept_bleeding(generate(p), p) for style in styles for p in [two_object_prompts(n, style)]}
