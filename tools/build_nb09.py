@@ -479,7 +479,9 @@ if shipped:
     rows = ["a red circle", "a large blue square in the top left and a small green triangle in the bottom right",
             "a yellow triangle to the left of a purple circle", "a cyan square and a red circle"]
     images = [pipe3.generate([p] * 4, seed=0) for p in rows]
-    image_grid(images, row_titles=[p if len(p) < 40 else p[:37] + "..." for p in rows], suptitle="sd3-shapes, 20 Euler steps")"""),
+    samples = image_grid(images, row_titles=[p if len(p) < 40 else p[:37] + "..." for p in rows],
+                         suptitle="sd3-shapes, 20 Euler steps")
+samples if shipped else None  # at the top level, so that the figure is shown"""),
     ("md", """## 11. Concept bleeding
 
 SDXL's report names "concept bleeding" as a limitation: a blue hat and red gloves come out as blue
