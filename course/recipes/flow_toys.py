@@ -22,25 +22,18 @@ import torch
 from torch import nn
 
 from course.diffusion import flow
-from course.nn.attention import timestep_embedding
+from course.recipes.toy_2d import ToyDenoiser
 
 EULER_STEPS = (1, 2, 4, 8, 32, 128)  # the step counts of the chapter's table
 T_SCALE = 1000.0  # the sinusoid sees 1000 t, as the DiT does
 
 
-class ToyVelocity(nn.Module):
-    """v_theta(xt, t) for 2-D points: an MLP on [xt, sinusoidal embedding of 1000 t]."""
-
-    def __init__(self, hidden: int = 128, t_dim: int = 32):
-        super().__init__()
-        self.t_dim = t_dim
-        self.net = nn.Sequential(nn.Linear(2 + t_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2))
+class ToyVelocity(ToyDenoiser):
+    """v_theta(xt, t) for 2-D points: chapter 01's toy MLP, fed the flow time t in [0, 1] as 1000 t."""
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=xt.dtype).reshape(-1).expand(xt.shape[0])
-        emb = timestep_embedding(T_SCALE * t, self.t_dim)  # (B, t_dim)
-        return self.net(torch.cat([xt, emb], dim=1))  # (B, 2 + t_dim) -> (B, 2)
+        return super().forward(xt, T_SCALE * t)  # (B, 2)
 
 
 @dataclass
