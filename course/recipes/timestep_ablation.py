@@ -334,6 +334,34 @@ def record(results: dict) -> dict:
     return out
 
 
+def restore_from_record(results: dict, record_path: Path = RECORD) -> list[str]:
+    """Fill `results` with the single-seed runs that the committed record holds and `results` lacks.
+
+    runs/ is not committed, so a fresh checkout has no results.json; the record keeps every finished
+    run of a formulation that ran under one seed exactly (its table row is that run's numbers, its
+    per-t curve that run's curve), so new seeds can be added without re-running the old ones.
+    Returns the keys restored (each entry is marked "restored_from").
+    """
+    if not record_path.is_file():
+        return []
+    rec = json.loads(record_path.read_text())
+    restored = []
+    for f, seeds in rec.get("seeds_run", {}).items():
+        row = rec["table"].get(f, {})
+        if len(seeds) != 1 or row.get("seeds") != 1 or run_key(f, seeds[0]) in results:
+            continue
+        results[run_key(f, seeds[0])] = {
+            "eval": {str(s): {k: row[str(s)][k] for k in ("fid", "class_accuracy", "fid_floor")} for s in EVAL_STEPS},
+            "per_t": rec["per_t"]["by_formulation"][f], "steps": rec["protocol"]["steps"], "seed": seeds[0],
+            "train_s": row["train_s"], "restored_from": str(record_path.relative_to(paths.REPO_ROOT))}
+        restored.append(run_key(f, seeds[0]))
+    for key, value in (("early_per_t", rec["per_t"].get("early")), ("shift", rec.get("shift"))):
+        if value and key not in results:
+            results[key] = value
+            restored.append(key)
+    return restored
+
+
 def main(argv: list[str]) -> int:
     what = argv[0] if argv else "all"
     if what not in ("ablation", "record", "all"):
@@ -341,6 +369,10 @@ def main(argv: list[str]) -> int:
               "(the resolution-shift experiment: python -m course.recipes.resolution_shift)")
         return 2
     results = load_results()
+    restored = restore_from_record(results)
+    if restored:
+        save_results(results)
+        print(f"restored from {RECORD.name} (runs/ is not committed): {', '.join(restored)}", flush=True)
     if what in ("ablation", "all"):
         seeds = tuple(int(s) for s in argv[1:]) or SEEDS
         run_all(results, seeds)
