@@ -56,6 +56,31 @@ def test_path_without_sidecar_warns_and_reads_config_from_header(tmp_path):
     assert entry["config"] == {"depth": 2} and set(tensors) == {"weight", "bias"}
 
 
+def test_the_same_tensors_and_metadata_give_the_same_bytes_in_any_process(tmp_path):
+    """safetensors orders the metadata by a per-process hash map; the saved header is sorted, so a
+    reproduced checkpoint has the shipped sha256."""
+    import hashlib
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from course import checkpoints\n"
+        "t = {f'w{i}': torch.arange(6.0).reshape(2, 3) + i for i in range(16)}\n"
+        "checkpoints.save_tensors(sys.argv[1], t, {f'key{i}': f'value {i} \u00d7' for i in range(16)})\n"
+    )
+    digests = set()
+    for i in range(4):
+        path = tmp_path / f"{i}.safetensors"
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
+        assert f.metadata()["key3"] == "value 3 \u00d7" and torch.equal(f.get_tensor("w2"), torch.arange(6.0).reshape(2, 3) + 2)
+
+
 def test_truncated_file(tmp_path):
     path = tmp_path / "t.safetensors"
     ck.save_tensors(path, _tensors())

@@ -194,6 +194,37 @@ def test_concept_bleeding_tells_swapped_and_merged_colours_from_bound_ones():
         C.concept_bleeding(shapes.render_batch(scenes[:2]), prompts[:1])
 
 
+def test_geneval_categories_read_shapeseval_the_way_geneval_scores():
+    from course.world import metrics
+
+    scenes = shapes.sample_scenes(64, 5)
+    prompts = [shapes.caption(s) for s in scenes]
+    real = C.geneval_categories(metrics.shapes_eval(shapes.render_batch(scenes), prompts))
+    assert set(real) == set(C.GENEVAL_CATEGORIES) | {"overall"}
+    assert all(v >= 0.95 for v in real.values()), real  # the world's own renders pass every category
+    swapped = [dataclasses.replace(s, objects=tuple(dataclasses.replace(o, color=s.objects[1 - i].color)
+                                                    for i, o in enumerate(s.objects))) if len(s.objects) == 2 else s
+               for s in scenes]
+    out = C.geneval_categories(metrics.shapes_eval(shapes.render_batch(swapped), prompts))
+    differ = [s for s in scenes if len(s.objects) == 2 and s.objects[0].color != s.objects[1].color
+              and s.objects[0].shape != s.objects[1].shape]
+    share = len(differ) / sum(len(s.objects) == 2 for s in scenes)
+    assert out["color_attribution"] <= 1 - share + 0.05 and out["two_objects"] >= 0.95 and out["colors"] >= 0.95
+    short = [metrics.style_prompts([s], "short")[0] for s in scenes]
+    assert np.isnan(C.geneval_categories(metrics.shapes_eval(shapes.render_batch(scenes), short))["position"])
+
+
+def test_the_capstone_cell_scores_every_style_and_counts_parameters():
+    pytest.importorskip("safetensors")
+    _shipped("sd3-shapes")
+    rows = C.capstone_rows("sd3-shapes", 1)
+    (cell,) = rows.values()
+    assert set(cell) == {"canonical", "paraphrase", "short", "fid", "s_per_image"}
+    assert cell["canonical"]["one"]["n"] + cell["canonical"]["two"]["n"] == C.CAPSTONE_N
+    assert cell["fid"] > 0 and 0 <= cell["short"]["overall"] <= 1
+    assert C.parameter_count("sd3-shapes") == sum(p.numel() for p in S.load().transformer.parameters())
+
+
 # ----------------------------------------------------------------------------- the shipped model
 def test_the_card_and_the_shipped_model():
     from course import zoo

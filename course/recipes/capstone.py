@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from course import paths
 from course.world import shapes
 
 from course.recipes.style_eval import (  # noqa: F401: the capstone's measures, re-used by name here
-    HELD_OUT_SEED, MEASURED_BLEEDING, bleeding_rates, concept_bleeding, generate_batched, style_metrics,
-    two_object_colour_binding, two_object_prompts)
+    GENEVAL_CATEGORIES, GENEVAL_PUBLISHED, HELD_OUT_SEED, MEASURED_BLEEDING, bleeding_rates, concept_bleeding,
+    generate_batched, geneval_categories, style_metrics, two_object_colour_binding, two_object_prompts)
 
 
 # ----------------------------------------------------------------------------- prompt upsampling (DALL-E 3's rewriting)
@@ -169,8 +170,159 @@ def recaption_experiment(run_root: str | Path = "runs/sd3-shapes-recaption", ste
         result = fit(model, S.sd3_loss, S.make_batch_fn(bank), cfg, run_dir, progress=False)
         pipe = S.SD3Shapes(result.ema.eval(), text, codec).pipeline()
         out[mode] = {"steps": result.step, "train_s": round(result.wall_time_s),
-                     **style_metrics(lambda p: generate_batched(pipe, p), n_eval)}
+                     **score_styles(lambda p: generate_batched(pipe, p), n_eval)}
     return out
+
+
+@torch.no_grad()
+def score_styles(generate, n: int = 256, seed: int = HELD_OUT_SEED) -> dict[str, dict]:
+    """{style: `_score`} (full match, GenEval's categories, per-attribute one / two objects) on n held-out scenes."""
+    from course.world import metrics
+
+    scenes = shapes.sample_scenes(n, seed)
+    return {style: _score(generate(p), p) for style in metrics.PROMPT_STYLES for p in [metrics.style_prompts(scenes, style)]}
+
+# ----------------------------------------------------------------------------- the capstone table
+CAPSTONE_NFE = (5, 10, 20, 50)  # sampler steps per row (CFG runs two branches per step for every model alike)
+CAPSTONE_N = 256  # held-out scenes per prompt style: FID needs >= 2 x 128 features
+TEXT_MODELS = ("sd1-shapes", "sdxl-shapes", "sdxl-shapes+refiner", "sd3-shapes")
+CLASS_MODELS = ("dit-shapes", "flow-shapes")  # class-conditional: "a {colour} {shape}" prompts of one-object scenes
+RUN_DIR = paths.RUNS_DIR / "sd3-shapes-capstone"
+RECORD = Path(__file__).with_name("data") / "capstone.json"  # the committed tables the notebook reads
+
+
+def _batched(fn, prompts: list[str], batch_size: int = 128):
+    """fn(prompts, seed) per chunk of batch_size prompts (seed = the chunk's first index), outputs concatenated."""
+    outs = [fn(prompts[i : i + batch_size], i) for i in range(0, len(prompts), batch_size)]
+    if isinstance(outs[0], tuple):
+        return tuple(np.concatenate(parts) for parts in zip(*outs))
+    return np.concatenate(outs)
+
+
+def _generators(name: str, steps: int):
+    """prompts -> {row name: uint8 images}, at `steps` and the model's recommended guidance."""
+    from course.pipelines import base
+
+    if name.startswith("sdxl-shapes"):
+        from course.recipes import sdxl_shapes
+
+        pipe, refiner = base.load("sdxl-shapes"), base.load("sdxl-shapes-refiner")
+
+        def both(prompts):
+            plain, refined = _batched(lambda p, seed: sdxl_shapes.refine(pipe, refiner, p, steps=steps, seed=seed,
+                                                                           guidance=pipe.default_guidance), prompts)
+            return {"sdxl-shapes": plain, "sdxl-shapes+refiner": refined}
+        return both
+    pipe = base.load(name)
+    return lambda prompts: {name: _batched(lambda p, seed: pipe.generate(p, steps=steps, seed=seed), prompts)}
+
+
+def _score(images: np.ndarray, prompts: list[str]) -> dict:
+    from course.world import metrics
+
+    report = metrics.shapes_eval(images, prompts)
+    by = report.by_objects()
+    out = {"full_match": round(report.full_match, 4), **geneval_categories(report)}
+    for k, group in ((1, "one"), (2, "two")):
+        if k in by:
+            out[group] = {attr: round(getattr(by[k], attr), 4) for attr in metrics.ATTRIBUTES} | {"n": by[k].n}
+    return out
+
+
+def parameter_count(name: str) -> int:
+    """Parameters of a shipped model's denoiser (the frozen text encoders and VAE, shared, not counted)."""
+    from course.pipelines import base
+
+    names = ("sdxl-shapes", "sdxl-shapes-refiner") if name == "sdxl-shapes+refiner" else (name,)
+    denoisers = [next(getattr(p, a) for a in ("unet", "model") if hasattr(p, a)) for p in map(base.load, names)]
+    return sum(int(x.numel()) for d in denoisers for x in d.parameters())
+
+
+def training_minutes(name: str) -> float:
+    """Wall-clock minutes of the shipped training run(s), from the manifest (one CPU thread on a shared 2-core machine)."""
+    from course import checkpoints
+
+    names = ("sdxl-shapes", "sdxl-shapes-refiner") if name == "sdxl-shapes+refiner" else (name,)
+    return round(sum(checkpoints.manifest_entry(n)["wall_time_s"] for n in names) / 60, 1)
+
+
+@torch.no_grad()
+def capstone_rows(name: str, steps: int, n: int = CAPSTONE_N) -> dict[str, dict]:
+    """One (model, steps) cell of the table: ShapesEval by category in the three prompt styles, Shapes-FID on the
+    canonical prompts' images, seconds per image. For the class models: the class prompts of n one-object scenes."""
+    from course.world import metrics
+
+    generate = _generators(name, steps)
+    if name in CLASS_MODELS:
+        scenes = [s for s in shapes.sample_scenes(8 * n, HELD_OUT_SEED) if len(s.objects) == 1][:n]
+        styles = {"short": metrics.style_prompts(scenes, "short")}
+    else:
+        scenes = shapes.sample_scenes(n, HELD_OUT_SEED)
+        styles = {style: metrics.style_prompts(scenes, style) for style in metrics.PROMPT_STYLES}
+    rows: dict[str, dict] = {}
+    for style, prompts in styles.items():
+        t0 = time.perf_counter()
+        images = generate(prompts)
+        seconds = (time.perf_counter() - t0) / len(prompts)
+        for row, imgs in images.items():
+            rows.setdefault(row, {})[style] = _score(imgs, prompts)
+            if style == ("short" if name in CLASS_MODELS else "canonical"):
+                reference = shapes.render_batch(scenes) if name in CLASS_MODELS else None
+                rows[row]["fid"] = round(metrics.shapes_fid(imgs, reference), 2)
+                rows[row]["s_per_image"] = round(seconds, 4)  # for sdxl: base and refiner together
+    return rows
+
+
+def fid_floors(n: int = CAPSTONE_N) -> dict[str, float]:
+    """Real-vs-real Shapes-FID at n: all scenes (the text models' reference), one-object scenes (the class models')."""
+    from course.world import metrics
+
+    one = [s for s in shapes.sample_scenes(16 * n, 77) if len(s.objects) == 1]
+    return {"all": round(metrics.shapes_fid_floor(n), 2),
+            "one_object": round(metrics.shapes_fid(shapes.render_batch(one[:n]), shapes.render_batch(one[n : 2 * n])), 2)}
+
+
+def run_table(models=TEXT_MODELS + CLASS_MODELS, nfe=CAPSTONE_NFE, n: int = CAPSTONE_N,
+              path: Path = RUN_DIR / "table.json") -> dict:
+    """Every (model, steps) cell, resumable: finished cells in `path` are skipped."""
+    import json
+
+    table = json.loads(path.read_text()) if path.is_file() else {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for name in models:
+        if name == "sdxl-shapes+refiner":
+            continue  # measured with sdxl-shapes, from the same base latents
+        for steps in nfe:
+            if f"{name}@{steps}" in table:
+                continue
+            for row, cell in capstone_rows(name, steps, n).items():
+                table[f"{row}@{steps}"] = cell
+                print(row, steps, {k: cell[k] for k in ("fid", "s_per_image")},
+                      {s: cell[s]["full_match"] for s in cell if isinstance(cell[s], dict)}, flush=True)
+            path.write_text(json.dumps(table, indent=1, sort_keys=True))
+    return table
+
+
+def record(table: dict | None = None) -> dict:
+    """Write the committed record (RECORD): the table, the floors, model facts, the experiments' results."""
+    import json
+
+    table = table if table is not None else json.loads((RUN_DIR / "table.json").read_text())
+    out = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
+    models = sorted({key.split("@")[0] for key in table})
+    out |= {"table": table, "nfe": list(CAPSTONE_NFE), "n": CAPSTONE_N, "held_out_seed": HELD_OUT_SEED,
+            "fid_floor": out.get("fid_floor") or fid_floors(),
+            "models": {m: {"parameters": parameter_count(m), "train_minutes": training_minutes(m)} for m in models},
+            "geneval_published": GENEVAL_PUBLISHED,
+            "command": "OMP_NUM_THREADS=1 python -m course.recipes.capstone table  (then t5drop, upsample, recaption)"}
+    for name, file in (("t5drop", RUN_DIR / "t5drop.json"), ("upsample", RUN_DIR / "upsample.json"),
+                       ("recaption", paths.RUNS_DIR / "sd3-shapes-recaption" / "result.json")):
+        if file.is_file():
+            out[name] = json.loads(file.read_text())
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    RECORD.write_text(json.dumps(out, indent=1, sort_keys=True))
+    return out
+
 
 if __name__ == "__main__":
     import json
@@ -179,7 +331,7 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["bleeding"]:  # concept bleeding of the shipped text-to-image models, at their settings
         from course.pipelines import base
 
-        out_path = Path("runs/sd3-shapes-capstone/bleeding.json")
+        out_path = RUN_DIR / "bleeding.json"
         out_path.parent.mkdir(parents=True, exist_ok=True)
         res = json.loads(out_path.read_text()) if out_path.exists() else {}
         for name in sys.argv[2:] or ["sd1-shapes", "sdxl-shapes"]:
@@ -198,19 +350,27 @@ if __name__ == "__main__":
         res = {}
         for name, drop in (("all streams", ()), ("MiniLM dropped", ("minilm",))):
             pipe = model.pipeline(drop=drop)
-            res[name] = style_metrics(lambda p: generate_batched(pipe, p), 256)
-        Path("runs/sd3-shapes-capstone/t5drop.json").write_text(json.dumps(res, indent=1))
+            res[name] = score_styles(lambda p: generate_batched(pipe, p), 256)
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        (RUN_DIR / "t5drop.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
     elif sys.argv[1:2] == ["upsample"]:  # the prompt upsampler on the short-prompt set
         from course.recipes import sd3_shapes
 
         pipe = sd3_shapes.load().pipeline()
         res = upsampler_eval(lambda p: generate_batched(pipe, p), 256)
-        Path("runs/sd3-shapes-capstone/upsample.json").write_text(json.dumps(res, indent=1))
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        (RUN_DIR / "upsample.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
+    elif sys.argv[1:2] == ["table"]:  # every text-to-image model at NFE 5 / 10 / 20 / 50, then the record
+        run_table(tuple(sys.argv[2:]) or TEXT_MODELS + CLASS_MODELS)
+        record()
+    elif sys.argv[1:2] == ["record"]:
+        record()
     elif sys.argv[1:2] == ["recaption"]:
         result = recaption_experiment()
         Path("runs/sd3-shapes-recaption/result.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result, indent=1))
     else:
-        print("usage: python -m course.recipes.capstone bleeding [MODEL ...] | t5drop | upsample | recaption")
+        print("usage: python -m course.recipes.capstone table [MODEL ...] | record | bleeding [MODEL ...] | t5drop | "
+              "upsample | recaption")
