@@ -191,14 +191,13 @@ timestep_densities.density_explorer()
 **Setup.** The chapter 06 ablation DiT (width 128, depth 4, p = 2, 1.3 M parameters, learned σ off),
 class-conditional on the 18 classes "a {colour} {shape}", trained on the same cached latents (16,384
 one-object scenes encoded by `vae-shapes`), **900 steps of batch 64, lr 10⁻³, EMA 0.999, label dropout
-10%, seed 0, for every formulation**. Eight formulations: six timestep samplers for rectified flow, and
+10%, seeds 0 and 1, for every formulation**. Eight formulations: six timestep samplers for rectified flow, and
 the two DDPM baselines of SD3's table, **eps/linear** (DDPM's linear β, ε-prediction) and **v/cos**
 (cosine schedule, v-prediction), all through the same network, data order and optimiser. 900 steps was
-sized from a pilot (0.17 s per step alone on one thread: 16 runs in ~70 CPU-minutes); on the day, the
-machine was shared by half a dozen jobs and the same 900 steps took 193 to 1,770 s of wall time, so
-**the second seed did not fit** (`python -m course.recipes.timestep_ablation ablation 1` adds it; the
-runner is resumable and the notebook reads whatever is stored). How far one seed can be trusted is said
-below the table. The models are far from converged (chapter 06's dit-shapes trains 3,000 steps at
+sized from a pilot (0.17 s per step alone on one thread: 16 runs in ~70 CPU-minutes); the two seeds'
+runs took 140 to 1,770 s of wall time each, depending on how many other jobs shared the machine. The
+table gives the mean over the two seeds and, after ±, half their range. The models are far from
+converged (chapter 06's dit-shapes trains 3,000 steps at
 twice the width): the comparison is at **equal compute**, not at the best model.
 
 **Metrics.** Shapes-FID (288 images, 16 per class, with the real-vs-real floor at the same n) and
@@ -395,38 +394,42 @@ def build(texts: dict[str, str]) -> None:
 
 TEXTS = {
     "PER_T_TEXT": """
-**What this says.** Against the linear map, the trained rf/uniform model gains about **0.26–0.32 per
+**What this says.** Against the linear map, the trained rf/uniform model gains about **0.24–0.32 per
 element everywhere between t ≈ 0.1 and 0.85**, most at t ≈ 0.78 (on the noisy side: where the network
 decides what and where the object is), and almost nothing at the ends (0.02 at t = 0.02, 0.06 at
 t = 0.98): there a linear map already does what can be done. **13% of uniform draws land where the
 gain is under a third of its peak**; those samples teach the network little. The logit-normal model
-spends its training in the middle: it beats the uniform model at every t from 0.14 to 0.86 and is
-*worse than the linear map* at the ends (−0.24 at t = 0.02), which it almost never sees. Averaged over
+spends its training in the middle: it beats the uniform model at every t from 0.14 to 0.90 and is
+*worse than the linear map* at the ends (−0.25 at t = 0.02), which it almost never sees. Averaged over
 uniform t the two losses are the same (0.260 and 0.261), so the plain validation loss cannot tell them
-apart; the samples can (section 3: FID 47 against 21 at 25 steps). The eps/linear model is worst at
-the noisy end (2.36 at t = 0.98): reading x̂0 from ε̂ divides its error by √ᾱ, which is 0.006 at
+apart; the samples can (section 3: FID 48 against 22 at 25 steps, mean of two seeds). The eps/linear model is worst at
+the noisy end (2.37 at t = 0.98): reading x̂0 from ε̂ divides its error by √ᾱ, which is 0.006 at
 DDPM's last step. The dotted curve is the rf/uniform model after 300 of its 900 steps: training
 lowers the middle first.
 """,
     "ABLATION_TEXT": """
 **Where the miniature agrees with SD3.** Every non-uniform sampler of rectified flow beats uniform t, by
-a wide margin: FID 21–36 against 47 at 25 steps, and 24–46 against 64 at 5 steps, with higher class
-accuracy. The logit-normals come first (lognorm(0.50, 0.60) and lognorm(0.00, 1.00), then
-lognorm(1.00, 0.60)), mode(1.29) next, then CosMap, then rf/uniform, then v/cos: on the six formulations
-whose SD3 ranks issue 14 quotes, Spearman's ρ with SD3's order is 0.66. Rectified flow with a
+a wide margin, on both seeds: FID 20–35 against 48 at 25 steps, and 26–49 against 63 at 5 steps, with
+higher class accuracy. The logit-normals come first (lognorm(0.50, 0.60) ranks first on both seeds, then
+lognorm(0.00, 1.00) and lognorm(1.00, 0.60)), mode(1.29) next, then CosMap, then rf/uniform and v/cos
+(tied). The two seeds give nearly the same order: the only swaps are lognorm(0.00, 1.00) against
+lognorm(1.00, 0.60), and rf/uniform against v/cos. On the six formulations whose SD3 ranks the issue
+quotes, Spearman's ρ with SD3's order is 0.64, and 0.97 without eps/linear. Rectified flow with a
 middle-heavy sampler is the winning recipe in both.
 
-**Where it does not.** (1) **eps/linear is last here** (FID 101 at 25 steps, accuracy 0.01), where SD3
-puts it third, ahead of CosMap and uniform rectified flow. Its per-t loss (section 1) shows where: it is
-1.3–2× worse than rf/uniform at every t from 0.1 to 0.9 and worst at the noisy end, where its x̂0 = (xt − √(1−ᾱ)ε̂)/√ᾱ
-magnifies the ε error 150× at the first step; with guidance 3 and only 900 steps of training, that is
-fatal to the first, layout-deciding steps. SD3 trains each formulation for hundreds of thousands of
-steps on far larger models; the baseline's handicap at high noise may shrink with training, and this
-miniature cannot say. (2) SD3's best is lognorm(0.00, 1.00); here lognorm(0.50, 0.60), which leans
-further toward the noise, ties or edges it (FID 21.8 vs 20.6 at 25 steps, 24.3 vs 29.5 at 5 steps,
-with higher accuracy). Those two differences are smaller than what chapter 06 measured between two seeds
-of the same network (FID half-ranges 0.9–3.1 at 2,000 steps, unguided, n = 360): **one seed can rank the large gaps
-(uniform and the DDPM baselines against the non-uniform flows) but not the order inside the top four.**
+**Where it does not.** (1) **eps/linear is last here** (FID 103 at 25 steps, accuracy 0.01, on both
+seeds), where SD3 puts it third, ahead of CosMap and uniform rectified flow. Its per-t loss (section 1)
+shows where: it is 1.3–2× worse than rf/uniform at every t from 0.1 to 0.9 and worst at the noisy end,
+where its x̂0 = (xt − √(1−ᾱ)ε̂)/√ᾱ magnifies the ε error 150× at the first step; with guidance 3 and only
+900 steps of training, that is fatal to the first, layout-deciding steps. SD3 trains each formulation
+for hundreds of thousands of steps on far larger models; the baseline's handicap at high noise may
+shrink with training, and this miniature cannot say. (2) SD3's best is lognorm(0.00, 1.00); here
+lognorm(0.50, 0.60), which leans further toward the noise, beats it on both seeds (FID 20.2 ± 1.6 vs
+21.5 ± 0.9 at 25 steps, 25.7 ± 1.4 vs 30.6 ± 1.1 at 5 steps, and class accuracy 0.22 vs 0.15). The FID
+gap at 25 steps is within the seed spread; the accuracy gap (0.07, against half-ranges of 0.005 and
+0.014) is not. **Two seeds settle the large gaps (uniform and the DDPM baselines against the
+non-uniform flows) and the accuracy lead of lognorm(0.50, 0.60); the FID order inside the top three
+is within seed noise.**
 
 Why the miniature may differ: scale (1.3 M parameters and 900 steps of batch 64, against SD3's far
 larger models trained far longer), data (one object on a plain background, 16-token latents), and
@@ -460,14 +463,14 @@ the 128-px images are only 4× the pixels of the base, where SD3's 1024² is 16�
 - **Which t are hard.** Against the best linear predictor, a trained flow model gains most in the
   middle (t ≈ 0.1–0.85, peaking at 0.78) and almost nothing at the ends; 13% of uniform draws land where
   the gain is under a third of its peak. The uniform-t validation loss cannot tell samplers apart (0.260
-  vs 0.261 for uniform and lognorm(0, 1)); their samples can (FID 47 vs 21).
+  vs 0.261 for uniform and lognorm(0, 1)); their samples can (FID 48 vs 22).
 - **Samplers as weights.** Uniform, logit-normal(m, s), mode(s) and CosMap, each with its density;
   drawing t from π is uniform t with loss weight π(t) (checked: 0.1802 vs 0.1805), SD3's weight is
   w_t = t/(1 − t)·π(t), and a logit-normal is a Gaussian in log-SNR.
-- **SD3's Table 1 in miniature** (one seed, 900 steps each): every middle-heavy flow sampler beats
-  uniform t by a wide margin; the logit-normals rank first, then mode, CosMap, uniform and v/cos, as in
-  SD3 (ρ = 0.66 on the six formulations both rank); eps/linear comes last here, third in SD3. The order
-  inside the top four is within seed noise.
+- **SD3's Table 1 in miniature** (two seeds, 900 steps each): every middle-heavy flow sampler beats
+  uniform t by a wide margin on both seeds; the logit-normals rank first, then mode, CosMap, uniform and
+  v/cos, as in SD3 (ρ = 0.64 on the six formulations both rank, 0.97 without eps/linear); eps/linear
+  comes last here, third in SD3. The FID order inside the top three is within seed noise.
 - **The shift.** The mean of a k-pixel patch has noise t/√k, so at 4× the pixels the same t leaves the
   coarse structure 2× clearer (measured: block-mean correlation 0.32 at 64 px vs 0.56 at 128 px at
   t = 0.8, and 0.32 again at the shifted t = 0.889). t_m = α·t_n/(1 + (α − 1)·t_n), α = √(m/n), equals
