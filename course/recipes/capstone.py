@@ -1,12 +1,19 @@
 """Chapter 09's capstone: measuring the course's text-to-image models on the same held-out prompts.
 
-- The measures, `style_metrics` (ShapesEval in the three prompt styles) and `concept_bleeding`, live
-  in `course.recipes.style_eval`, below sd3_shapes, which uses them too; this module sits above both.
+- The measures, `style_metrics` (ShapesEval in the three prompt styles), `geneval_categories` and
+  `concept_bleeding`, live in `course.recipes.style_eval`, below sd3_shapes, which uses them too;
+  this module sits above both.
 
-`python -m course.recipes.capstone bleeding [MODEL ...]` measures the shipped models (default
-sd1-shapes and sdxl-shapes) at their recommended settings into runs/sd3-shapes-capstone/bleeding.json.
-`python -m course.recipes.capstone recaption` runs the recaptioning experiment (SD3's Table 4 in
-miniature: web captions only vs a 50/50 mix with the recaptioner's, two smaller sd3-shapes).
+Commands (`python -m course.recipes.capstone ...`, one CPU thread each; results in
+runs/sd3-shapes-capstone/, then copied by `record` into RECORD, the committed JSON the notebook reads):
+
+    table [MODEL ...]   every text-to-image model at 5 / 10 / 20 / 50 steps in the three prompt styles (~45 min)
+    bleeding [MODEL ...] concept bleeding of sd1-shapes and sdxl-shapes at their recommended settings
+    t5drop              sd3-shapes with and without its MiniLM stream (SD3's T5-free mode)
+    upsample            the prompt upsampler (DALL-E 3's rewriting) on the short prompts
+    recaption           SD3's Table 4 in miniature: web captions only vs a 50/50 mix with the
+                        recaptioner's, two smaller sd3-shapes (~45 min)
+    record              copy what has been run into RECORD
 
 Images are uint8 (B, H, W, 3).
 """
@@ -23,7 +30,7 @@ from course import paths
 from course.world import shapes
 
 from course.recipes.style_eval import (  # noqa: F401: the capstone's measures, re-used by name here
-    GENEVAL_CATEGORIES, GENEVAL_PUBLISHED, HELD_OUT_SEED, MEASURED_BLEEDING, bleeding_rates, concept_bleeding,
+    GENEVAL_CATEGORIES, GENEVAL_PUBLISHED, HELD_OUT_SEED, bleeding_rates, concept_bleeding,
     generate_batched, geneval_categories, style_metrics, two_object_colour_binding, two_object_prompts)
 
 
@@ -128,7 +135,7 @@ def classifier_captions(images: np.ndarray, classifier=None, batch_size: int = 2
 
 
 RECAPTION_N = 8192  # scenes per experiment bank (half the shipped model's)
-RECAPTION_STEPS = 1500  # the same steps for both models
+RECAPTION_STEPS = 3000  # the same steps for both models (1500 left both near 0.1 one-object full match: too early to compare)
 RECAPTION_SMALL = dict(depth=3)  # a smaller sd3-shapes
 
 
@@ -274,12 +281,19 @@ def capstone_rows(name: str, steps: int, n: int = CAPSTONE_N) -> dict[str, dict]
 
 
 def fid_floors(n: int = CAPSTONE_N) -> dict[str, float]:
-    """Real-vs-real Shapes-FID at n: all scenes (the text models' reference), one-object scenes (the class models')."""
+    """Real-vs-real Shapes-FID at n, for each reference of the table:
+
+    - "all": two independent sets of n scenes (the text models' images are scored against fresh scenes);
+    - "one_object": the class models' reference (renders of the n one-object held-out scenes) against
+      other renders of the same class prompts, sizes and positions drawn anew (`shapes.complete_scene`).
+    """
     from course.world import metrics
 
-    one = [s for s in shapes.sample_scenes(16 * n, 77) if len(s.objects) == 1]
+    scenes = [s for s in shapes.sample_scenes(8 * n, HELD_OUT_SEED) if len(s.objects) == 1][:n]
+    again = [shapes.complete_scene(shapes.parse(p), 10_000 + i)
+             for i, p in enumerate(metrics.style_prompts(scenes, "short"))]
     return {"all": round(metrics.shapes_fid_floor(n), 2),
-            "one_object": round(metrics.shapes_fid(shapes.render_batch(one[:n]), shapes.render_batch(one[n : 2 * n])), 2)}
+            "one_object": round(metrics.shapes_fid(shapes.render_batch(again), shapes.render_batch(scenes)), 2)}
 
 
 def run_table(models=TEXT_MODELS + CLASS_MODELS, nfe=CAPSTONE_NFE, n: int = CAPSTONE_N,
@@ -311,14 +325,17 @@ def record(table: dict | None = None) -> dict:
     out = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
     models = sorted({key.split("@")[0] for key in table})
     out |= {"table": table, "nfe": list(CAPSTONE_NFE), "n": CAPSTONE_N, "held_out_seed": HELD_OUT_SEED,
-            "fid_floor": out.get("fid_floor") or fid_floors(),
+            "fid_floor": fid_floors(),
             "models": {m: {"parameters": parameter_count(m), "train_minutes": training_minutes(m)} for m in models},
             "geneval_published": GENEVAL_PUBLISHED,
             "command": "OMP_NUM_THREADS=1 python -m course.recipes.capstone table  (then t5drop, upsample, recaption)"}
     for name, file in (("t5drop", RUN_DIR / "t5drop.json"), ("upsample", RUN_DIR / "upsample.json"),
+                       ("bleeding", RUN_DIR / "bleeding.json"),
                        ("recaption", paths.RUNS_DIR / "sd3-shapes-recaption" / "result.json")):
         if file.is_file():
             out[name] = json.loads(file.read_text())
+        else:  # not (yet) run here: never keep an earlier record's numbers for it
+            out.pop(name, None)
     RECORD.parent.mkdir(parents=True, exist_ok=True)
     RECORD.write_text(json.dumps(out, indent=1, sort_keys=True))
     return out

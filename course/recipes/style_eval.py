@@ -24,16 +24,6 @@ from course.world import shapes
 HELD_OUT_SEED = 424_242  # the evaluation scenes of sd1-shapes, sdxl-shapes and sd3-shapes
 
 
-# Concept bleeding of the shipped Part 1 models at their recommended settings (25 DDIM steps, w = 3) on the
-# 83 eligible two-object prompts (two colours, two shapes) of the 256 held-out scenes; measured with
-# `python -m course.recipes.capstone bleeding` (runs/sd3-shapes-capstone/bleeding.json).
-MEASURED_BLEEDING = {
-    "sd1-shapes": {"canonical": {"bleeding": 0.1205, "swapped": 0.0482, "merged": 0.0723, "bound": 0.253, "n": 83},
-                   "short": {"bleeding": 0.1445, "swapped": 0.1084, "merged": 0.0361, "bound": 0.1205, "n": 83}},
-    "sdxl-shapes": {"canonical": {"bleeding": 0.1566, "swapped": 0.0, "merged": 0.1566, "bound": 0.3494, "n": 83},
-                    "short": {"bleeding": 0.1084, "swapped": 0.0843, "merged": 0.0241, "bound": 0.253, "n": 83}},
-}
-
 def generate_batched(pipe, prompts: list[str], batch_size: int = 128, **kwargs) -> np.ndarray:
     return np.concatenate([pipe.generate(prompts[i : i + batch_size], seed=i, **kwargs)
                            for i in range(0, len(prompts), batch_size)])
