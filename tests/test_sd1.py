@@ -236,3 +236,16 @@ def test_check_cross_attention_catches_typical_mistakes(capsys):
     for bad in (wrong_axis, no_scale, stub):
         with pytest.raises(runner.ExerciseFailed):
             ch04.check_cross_attention(bad)
+
+
+def test_training_captions_include_the_short_prompts_people_type():
+    from course.world import metrics
+
+    scenes = shapes.sample_scenes(2000, 3)
+    rng = np.random.default_rng(0)
+    shares = metrics.caption_shares([sd1_shapes.training_caption(s, rng, short_share=0.25) for s in scenes])
+    rng = np.random.default_rng(0)
+    world = metrics.caption_shares([sd1_shapes.training_caption(s, rng, short_share=0.0) for s in scenes])
+    assert world["short"] < 0.1  # the world's paraphrases alone: ~6% short
+    assert abs(shares["short"] - (0.25 + 0.75 * world["short"])) < 0.04
+    assert shares["short_two"] > 0.2  # two-object scenes get short prompts too
