@@ -156,7 +156,7 @@ def recaption_captions(mode: str, n: int = RECAPTION_N, seed: int = 4_321) -> li
     return [syn if u else w for syn, w, u in zip(synthetic, web, use)]
 
 
-def recaption_experiment(run_root: str | Path = "runs/sd3-shapes-recaption", steps: int = RECAPTION_STEPS,
+def recaption_experiment(run_root: str | Path = paths.RUNS_DIR / "sd3-shapes-recaption", steps: int = RECAPTION_STEPS,
                          n_eval: int = 256) -> dict[str, dict]:
     """SD3's Table 4 in miniature: two smaller sd3-shapes (depth 3), web captions only vs a 50/50 mix with the
     recaptioner's, the same steps; ShapesEval on canonical (full) prompts of the held-out scenes."""
@@ -189,6 +189,7 @@ def score_styles(generate, n: int = 256, seed: int = HELD_OUT_SEED) -> dict[str,
 
     scenes = shapes.sample_scenes(n, seed)
     return {style: _score(generate(p), p) for style in metrics.PROMPT_STYLES for p in [metrics.style_prompts(scenes, style)]}
+
 
 # ----------------------------------------------------------------------------- the capstone table
 CAPSTONE_NFE = (5, 10, 20, 50)  # sampler steps per row (CFG runs two branches per step for every model alike)
@@ -419,8 +420,8 @@ if __name__ == "__main__":
         record()
     elif sys.argv[1:2] == ["recaption"]:
         result = recaption_experiment()
-        Path("runs/sd3-shapes-recaption/result.json").write_text(json.dumps(result, indent=1))
+        (paths.RUNS_DIR / "sd3-shapes-recaption" / "result.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result, indent=1))
     else:
-        print("usage: python -m course.recipes.capstone table [MODEL ...] | record | bleeding [MODEL ...] | t5drop | "
-              "upsample | recaption")
+        print("usage: python -m course.recipes.capstone table [MODEL ...] | bleeding [MODEL ...] | t5drop | upsample | "
+              "recaption | variant NAME LABEL | record")
