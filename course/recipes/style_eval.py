@@ -2,6 +2,8 @@
 
 - `style_metrics`: ShapesEval in the three prompt styles (canonical, paraphrase and partial, short)
   on the same held-out scenes, per attribute and per number of objects, with concept bleeding.
+- `score_report` / `score_styles`: the same as nested numbers with GenEval's categories
+  (`geneval_categories`), what the capstone table stores.
 - `concept_bleeding`: SDXL's "concept bleeding" in miniature (Podell et al. 2023, Sec. 4): on a
   two-object prompt of two colours and two shapes, the share of images whose colours are swapped
   between the objects or merged onto both.
@@ -24,9 +26,17 @@ from course.world import shapes
 HELD_OUT_SEED = 424_242  # the evaluation scenes of sd1-shapes, sdxl-shapes and sd3-shapes
 
 
+def batched(fn, prompts: list[str], batch_size: int = 128):
+    """fn(prompts, seed) per chunk of batch_size prompts (seed = the chunk's first index), outputs concatenated
+    (each part of them, when fn returns a tuple of arrays)."""
+    outs = [fn(prompts[i : i + batch_size], i) for i in range(0, len(prompts), batch_size)]
+    if isinstance(outs[0], tuple):
+        return tuple(np.concatenate(parts) for parts in zip(*outs))
+    return np.concatenate(outs)
+
+
 def generate_batched(pipe, prompts: list[str], batch_size: int = 128, **kwargs) -> np.ndarray:
-    return np.concatenate([pipe.generate(prompts[i : i + batch_size], seed=i, **kwargs)
-                           for i in range(0, len(prompts), batch_size)])
+    return batched(lambda p, seed: pipe.generate(p, seed=seed, **kwargs), prompts, batch_size)
 
 
 def concept_bleeding(images: np.ndarray, prompts: list[str]) -> dict[str, float]:
@@ -150,3 +160,26 @@ GENEVAL_PUBLISHED = {
     "SD3 8B (1024px, DPO)": {"overall": 0.74, "single_object": 0.99, "two_objects": 0.94, "counting": 0.72,
                              "colors": 0.89, "position": 0.33, "color_attribution": 0.60},
 }
+
+
+def score_report(images: np.ndarray, prompts: list[str]) -> dict:
+    """ShapesEval as nested numbers: full match, GenEval's categories, per-attribute scores of one / two objects."""
+    from course.world import metrics
+
+    report = metrics.shapes_eval(images, prompts)
+    by = report.by_objects()
+    out = {"full_match": round(report.full_match, 4), **geneval_categories(report)}
+    for k, group in ((1, "one"), (2, "two")):
+        if k in by:
+            out[group] = {attr: round(getattr(by[k], attr), 4) for attr in metrics.ATTRIBUTES} | {"n": by[k].n}
+    return out
+
+
+@torch.no_grad()
+def score_styles(generate, n: int = 256, seed: int = HELD_OUT_SEED) -> dict[str, dict]:
+    """{style: `score_report`} (full match, GenEval's categories, per-attribute one / two objects) on n held-out scenes."""
+    from course.world import metrics
+
+    scenes = shapes.sample_scenes(n, seed)
+    prompts = {style: metrics.style_prompts(scenes, style) for style in metrics.PROMPT_STYLES}
+    return {style: score_report(generate(p), p) for style, p in prompts.items()}
