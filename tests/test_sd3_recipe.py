@@ -213,3 +213,25 @@ def test_the_flow_loss_is_the_cfm_loss_on_the_ot_path_with_the_sampler_s_t():
     y = drop_labels(y, R.CLASS_DROPOUT, 18, g)
     xt, u = flow.rf_path(z0, eps, t)
     assert torch.equal(got, ((model(xt, 1000 * t, y) - u) ** 2).mean())
+
+
+def test_a_fresh_checkout_restores_single_seed_runs_from_the_record(tmp_path):
+    import json
+
+    def run(fid, acc):
+        return {"eval": {str(s): {"fid": fid + s, "class_accuracy": acc, "fid_floor": 1.0} for s in A.EVAL_STEPS},
+                "per_t": [0.3] * len(A.PER_T), "steps": A.STEPS, "seed": 0, "train_s": 100}
+
+    results = {A.run_key("rf/uniform", 0): run(40.0, 0.1), A.run_key("rf/cosmap", 0): run(30.0, 0.2),
+               A.run_key("rf/cosmap", 1): run(32.0, 0.2)}
+    record = {"seeds_run": {"rf/uniform": [0], "rf/cosmap": [0, 1]}, "table": A.table(results),
+              "per_t": {"by_formulation": {f: [0.3] * len(A.PER_T) for f in ("rf/uniform", "rf/cosmap")}, "early": None},
+              "protocol": {"steps": A.STEPS}, "shift": {"table": {}}}
+    path = tmp_path / "sd3_recipe.json"
+    path.write_text(json.dumps(record))
+    restored = {}
+    keys = A.restore_from_record(restored, path)
+    assert keys == [A.run_key("rf/uniform", 0), "shift"]  # a two-seed mean is not one run's numbers: not restored
+    assert A.table(restored)["rf/uniform"] == record["table"]["rf/uniform"]
+    assert A.restore_from_record(restored, path) == []  # what is there is kept
+    assert A.restore_from_record({}, tmp_path / "missing.json") == []

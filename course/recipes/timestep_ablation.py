@@ -352,7 +352,7 @@ def restore_from_record(results: dict, record_path: Path = RECORD) -> list[str]:
         results[run_key(f, seeds[0])] = {
             "eval": {str(s): {k: row[str(s)][k] for k in ("fid", "class_accuracy", "fid_floor")} for s in EVAL_STEPS},
             "per_t": rec["per_t"]["by_formulation"][f], "steps": rec["protocol"]["steps"], "seed": seeds[0],
-            "train_s": row["train_s"], "restored_from": str(record_path.relative_to(paths.REPO_ROOT))}
+            "train_s": row["train_s"], "restored_from": record_path.name}
         restored.append(run_key(f, seeds[0]))
     for key, value in (("early_per_t", rec["per_t"].get("early")), ("shift", rec.get("shift"))):
         if value and key not in results:
