@@ -50,6 +50,14 @@ def test_partial_scores_separate_the_failure_kinds():
     assert not wrong_relation.full_match and wrong_relation.position == 0.0
 
 
+def test_verdict_names_what_failed():
+    image = _image(("red", "square", "top left", "large"), ("blue", "circle", "bottom right", "large"))
+    assert metrics.score_image(image, "a red square and a blue circle").verdict() == "match"
+    assert metrics.score_image(image, "a red circle and a blue square").verdict() == "binding"
+    assert metrics.score_image(image, "a red square").verdict() == "count (2 found)"
+    assert metrics.score_image(image, "a green square in the center").verdict() == "count (2 found), colour, binding, position"
+
+
 def test_report_splits_by_number_of_objects():
     images, _, scenes = shapes.sample_batch(60, seed=13)
     report = metrics.shapes_eval(images, [shapes.caption(s) for s in scenes])

@@ -282,3 +282,21 @@ def test_the_classifier_recaptions_real_images_mostly_right():
     report = metrics.shapes_eval(images, captions)  # do the synthetic captions describe the images?
     assert report.color > 0.9 and report.count > 0.9
     assert report.full_match > 0.5  # the pairing of cells to objects is the recaptioner's own error
+
+
+def test_capstone_restore_puts_the_record_back_without_the_models_to_re_measure(tmp_path, monkeypatch):
+    import json
+
+    record = {"table": {"sd1-shapes@5": {"fid": 1.0}, "sdxl-shapes@5": {"fid": 2.0}},
+              "bleeding": {"sd1-shapes": {"n": 1}, "sdxl-shapes": {"n": 2}}, "upsample": {"x": 1}}
+    monkeypatch.setattr(C, "RECORD", tmp_path / "capstone.json")
+    monkeypatch.setattr(C, "RUN_DIR", tmp_path / "runs" / "capstone")
+    monkeypatch.setattr(C.paths, "RUNS_DIR", tmp_path / "runs")
+    C.RECORD.write_text(json.dumps(record))
+    (tmp_path / "runs" / "capstone").mkdir(parents=True)
+    (C.RUN_DIR / "upsample.json").write_text('{"x": 2}')  # a newer run here: kept
+    C.restore(("sd1-shapes",))
+    assert json.loads((C.RUN_DIR / "table.json").read_text()) == {"sdxl-shapes@5": {"fid": 2.0}}
+    assert json.loads((C.RUN_DIR / "bleeding.json").read_text()) == {"sdxl-shapes": {"n": 2}}
+    assert json.loads((C.RUN_DIR / "upsample.json").read_text()) == {"x": 2}
+    assert not (C.RUN_DIR / "t5drop.json").exists() and not (tmp_path / "runs" / "sd3-shapes-recaption").exists()

@@ -14,6 +14,7 @@ runs/sd3-shapes-capstone/, then copied by `record` into RECORD, the committed JS
     recaption           SD3's Table 4 in miniature: web captions only vs a 50/50 mix with the
                         recaptioner's, two smaller sd3-shapes (~45 min)
     variant NAME LABEL  measure the checkpoint in place for NAME as the rows LABEL (one of VARIANTS)
+    restore [MODEL ...] put the committed RECORD back into runs/, without MODEL's rows (to re-measure only those)
     record              copy what has been run into RECORD
 
 Images are uint8 (B, H, W, 3).
@@ -179,7 +180,7 @@ def recaption_experiment(run_root: str | Path = paths.RUNS_DIR / "sd3-shapes-rec
         result = fit(model, S.sd3_loss, S.make_batch_fn(bank), cfg, run_dir, progress=False)
         pipe = S.SD3Shapes(result.ema.eval(), text, codec).pipeline()
         out[mode] = {"steps": result.step, "train_s": round(result.wall_time_s),
-                     **score_styles(lambda p: generatebatched(pipe, p), n_eval)}
+                     **score_styles(lambda p: generate_batched(pipe, p), n_eval)}
     return out
 
 
@@ -319,9 +320,26 @@ def measure_variant(name: str, label: str, nfe=CAPSTONE_NFE, n: int = CAPSTONE_N
     file = RUN_DIR / "bleeding.json"
     res = json.loads(file.read_text()) if file.is_file() else {}
     pipe = base.load(name)
-    res[label] = bleeding_rates(lambda p: generatebatched(pipe, p))
+    res[label] = bleeding_rates(lambda p: generate_batched(pipe, p))
     res[label]["settings"] = {"steps": pipe.default_steps, "guidance": pipe.default_guidance}
     file.write_text(json.dumps(res, indent=1))
+
+
+def restore(drop: tuple[str, ...] = ()) -> None:
+    """Put the committed record's finished parts back into RUN_DIR (runs/ is not committed), leaving out the
+    rows of the models in `drop`, so that `table MODEL` and `bleeding MODEL` re-measure only those and
+    `record` keeps the rest. Files already in RUN_DIR are never overwritten."""
+    import json
+
+    saved = json.loads(RECORD.read_text())
+    parts = {RUN_DIR / "table.json": {k: v for k, v in saved["table"].items() if k.split("@")[0] not in drop},
+             RUN_DIR / "bleeding.json": {k: v for k, v in saved.get("bleeding", {}).items() if k not in drop},
+             RUN_DIR / "t5drop.json": saved.get("t5drop"), RUN_DIR / "upsample.json": saved.get("upsample"),
+             paths.RUNS_DIR / "sd3-shapes-recaption" / "result.json": saved.get("recaption")}
+    for file, value in parts.items():
+        if value is not None and not file.exists():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text(json.dumps(value, indent=1, sort_keys=True))
 
 
 def record(table: dict | None = None) -> dict:
@@ -363,7 +381,7 @@ if __name__ == "__main__":
             if name not in res:
                 pipe = base.load(name)
                 t0 = time.perf_counter()
-                res[name] = bleeding_rates(lambda p: generatebatched(pipe, p))
+                res[name] = bleeding_rates(lambda p: generate_batched(pipe, p))
                 res[name]["settings"] = {"steps": pipe.default_steps, "guidance": pipe.default_guidance,
                                          "seconds": round(time.perf_counter() - t0)}
                 out_path.write_text(json.dumps(res, indent=1))
@@ -375,7 +393,7 @@ if __name__ == "__main__":
         res = {}
         for name, drop in (("all streams", ()), ("MiniLM dropped", ("minilm",))):
             pipe = model.pipeline(drop=drop)
-            res[name] = score_styles(lambda p: generatebatched(pipe, p), 256)
+            res[name] = score_styles(lambda p: generate_batched(pipe, p), 256)
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         (RUN_DIR / "t5drop.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
@@ -383,7 +401,7 @@ if __name__ == "__main__":
         from course.recipes import sd3_shapes
 
         pipe = sd3_shapes.load().pipeline()
-        res = upsampler_eval(lambda p: generatebatched(pipe, p), 256)
+        res = upsampler_eval(lambda p: generate_batched(pipe, p), 256)
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         (RUN_DIR / "upsample.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
@@ -394,6 +412,8 @@ if __name__ == "__main__":
         measure_variant(sys.argv[2], sys.argv[3])
     elif sys.argv[1:2] == ["record"]:
         record()
+    elif sys.argv[1:2] == ["restore"]:  # restore [MODEL ...]: the record's parts, without MODEL's rows
+        restore(tuple(sys.argv[2:]))
     elif sys.argv[1:2] == ["recaption"]:
         result = recaption_experiment()
         (paths.RUNS_DIR / "sd3-shapes-recaption" / "result.json").write_text(json.dumps(result, indent=1))

@@ -143,6 +143,15 @@ class ImageResult:
     count: bool  # as many objects as the prompt asks for
     n_objects: int  # objects in the prompt
 
+    def verdict(self) -> str:
+        """"match", or what failed, in words: "count (3 found), colour, position"."""
+        if self.full_match:
+            return "match"
+        failed = [] if self.count else [f"count ({len(self.detections)} found)"]
+        failed += [word for attr, word in (("color", "colour"), ("shape", "shape"), ("binding", "binding"),
+                                           ("position", "position"), ("size", "size")) if getattr(self, attr) < 1]
+        return ", ".join(failed)
+
 
 @dataclass(frozen=True)
 class ShapesEvalReport:
