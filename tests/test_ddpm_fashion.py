@@ -117,8 +117,9 @@ def test_table_rows_and_sampler_variants(tiny):
     assert {("ddim", s, "eta1") for s in (25, 50, 100)} <= set(F.EVAL_ROWS)
     clipped = dataclasses.replace(SMALL_T, clip_sample_range=0.05)  # an untrained net's x0_hat leaves +-0.05: clipping acts
     rows = {v: F.sample_row(tiny, 4, "ddim", 5, v, schedule=clipped, seed=0) for v in F.VARIANTS}
-    for v in ("eta1", "clipped_eps", "leading"):
+    for v in ("eta1", "clipped_eps", "leading", "noclip"):
         assert (rows[v] - rows[""]).abs().max() > 1e-4, v
+    assert rows["noclip"].abs().max() > 0.05 >= rows[""].abs().max()  # unclipped x0_hat leaves the clip range
     torch.testing.assert_close(rows[""], F.generate_x0(tiny, 4, 5, "ddim", schedule=clipped, seed=0))
     with pytest.raises(ValueError, match="variant"):
         F.sample_row(tiny, 4, "ddim", 5, "eta2", schedule=SMALL_T)
@@ -147,6 +148,18 @@ def test_pipeline_default_steps(tiny):
     assert np.array_equal(pipe.generate([""] * 2, seed=1), pipe.generate([""] * 2, steps=4, guidance=1.0, seed=1))
     assert not np.array_equal(pipe.generate([""] * 2, seed=1), pipe.generate([""] * 2, steps=3, seed=1))
     assert F.ddpm_fashion_pipeline(tiny, F.model_config(TINY, SMALL_T)).default_steps == F.SAMPLE_STEPS == 50
+
+
+def test_pipeline_default_eta_is_the_recommended_one_and_an_explicit_eta_wins(tiny):
+    pipe = F.DDPMFashionPipeline(tiny, SMALL_T, steps=4)
+    assert pipe.default_eta == F.SAMPLE_ETA == 1.0
+    assert np.array_equal(pipe.generate([""] * 2, seed=1), pipe.generate([""] * 2, eta=1.0, seed=1))
+    assert not np.array_equal(pipe.generate([""] * 2, seed=1), pipe.generate([""] * 2, eta=0.0, seed=1))
+    old = {k: v for k, v in F.model_config(TINY, SMALL_T).items() if k != "sample_eta"}
+    assert F.ddpm_fashion_pipeline(tiny, old).default_eta == 0.0  # a config from before the key samples as it did
+    for bad in (-0.1, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="eta"):
+            pipe.generate([""], eta=bad)
 
 
 def test_trajectories_end_where_sample_ends():
