@@ -133,7 +133,7 @@ def train_ddpm_fashion(steps: int | None, run_dir: Path, fresh: bool, progress: 
         model=result.ema if result.ema is not None else result.model, config=model_config(),
         wall_time_s=result.wall_time_s, steps=result.step, interrupted=result.interrupted,
         notes=(f"EMA weights; v-prediction (v loss), cosine schedule with trailing spacing, batch {BATCH_SIZE}, "
-               f"{result.step} steps on one CPU thread shared with 2-4 other processes. The first shipped model "
+               f"{result.step} steps on {torch.get_num_threads()} CPU thread(s). The first shipped model "
                "(eps-prediction, 1800 steps) had DDIM getting worse with more steps; see the recipe's SCHEDULE comment."),
     )
 

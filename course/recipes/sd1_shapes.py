@@ -205,7 +205,8 @@ def train_sd1_shapes(steps: int | None, run_dir: Path, fresh: bool, progress: bo
     config = TrainConfig(steps=steps, batch_size=BATCH_SIZE, lr=5e-4, weight_decay=0.0, warmup_steps=min(200, steps // 10),
                          schedule="cosine", ema_decay=0.999, checkpoint_every=250, log_every=50)
     result = fit(unet, sd1_loss, make_batch_fn(scenes, z0, text_encoder), config, run_dir, resume=not fresh, progress=progress)
-    notes = (f"{result.step} steps at batch {BATCH_SIZE} (~{result.wall_time_s / 60:.0f} min on a 2-core CPU), "
+    notes = (f"{result.step} steps at batch {BATCH_SIZE} (~{result.wall_time_s / 60:.0f} min on {torch.get_num_threads()} "
+             f"CPU thread(s)), {SHORT_CAPTION_SHARE:.0%} of the kept captions short prompts, "
              f"latent bank of {len(scenes)} scenes encoded in {bank_s:.0f} s; frozen {TEXT_ENCODER} and {VAE}.")
     return Trained(model=(result.ema if result.ema is not None else result.model).eval(),
                    config=sd1_config(SD1_SHAPES_UNET, parts), wall_time_s=result.wall_time_s,
