@@ -9,6 +9,7 @@ import torch
 from course import checkpoints
 from course.nn.unet import UNet
 from course.recipes import sdxl_shapes as S
+from course.world import shapes
 
 TINY = dataclasses.replace(S.SDXL_SHAPES_UNET, block_out_channels=(32, 32), num_heads=(1, 2), norm_num_groups=8,
                            transformer_layers_per_block=(1, 1))
@@ -59,6 +60,22 @@ def test_batches_zero_the_time_ids_without_micro_conditioning_and_drop_captions(
     assert (ids == 0).all()
     sizes = {S.make_batch_fn(banks, text_encoder)(0, 2, torch.Generator().manual_seed(s))[0].shape[2:] for s in range(40)}
     assert len(sizes) >= 3  # batches come from several buckets
+
+
+def test_batches_read_short_prompts_at_the_short_caption_share(banks, parts):
+    text_encoder = parts[0]
+    shipped = S.make_batch_fn(banks, text_encoder, caption_dropout=0.0)(0, 8, torch.Generator().manual_seed(2))
+    explicit = S.make_batch_fn(banks, text_encoder, caption_dropout=0.0, short_share=0.0)(0, 8, torch.Generator().manual_seed(2))
+    assert S.SHORT_CAPTION_SHARE == 0.0 and all(torch.equal(a, b) for a, b in zip(shipped, explicit))  # the shipped pair's stream
+    g = torch.Generator().manual_seed(2)  # the same draws as batch_fn makes: a bucket, then B variants of it
+    shares = torch.tensor([len(b.scenes) for b in banks], dtype=torch.float64)
+    bank = banks[int(torch.multinomial(shares, 1, generator=g))]
+    idx = torch.randint(0, len(bank.scenes), (8,), generator=g)
+    short_cond, short_pooled = text_encoder([shapes.short_caption(bank.scenes[i]) for i in idx.tolist()])
+    _, cond, pooled, _ = S.make_batch_fn(banks, text_encoder, caption_dropout=0.0, short_share=1.0)(0, 8, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(cond, short_cond)
+    torch.testing.assert_close(pooled, short_pooled)
+    assert not torch.equal(cond, shipped[1])
 
 
 def test_loss_trains_a_tiny_model_and_the_refiner_loss_sees_low_t_only(banks, parts):

@@ -44,7 +44,7 @@ from course.nn.unet import CROSS_DOWN, CROSS_MID, CROSS_UP, PLAIN_DOWN, PLAIN_UP
 from course.pipelines.sd1 import prompt_encoder_from_clip
 from course.pipelines.sdxl import N_TIME_IDS, DualPromptEncoder, SDXLTextToImage
 from course.recipes.offset_noise import offset_noise
-from course.recipes.sd1_shapes import SCHEDULE, _fingerprint, _unet_config, check_parts
+from course.recipes.sd1_shapes import SCHEDULE, _fingerprint, _unet_config, check_parts, training_caption
 from course.world import shapes
 from course.zoo import Trained
 
@@ -66,6 +66,10 @@ BUCKETS = ((64, 64), (48, 80), (80, 48), (32, 128))  # (H, W): 4096, 3840, 3840,
 BUCKET_SHARES = (0.62, 0.17, 0.17, 0.04)  # 32x128 is rare on purpose; 128x32 is never seen
 OFFSET_NOISE = 0.05  # SDXL's last stage; see `offset_noise`
 CAPTION_DROPOUT = 0.1  # dropped captions become zeros (cond and pooled), as force_zeros_for_empty_prompt expects
+# Share of the captions replaced by the short prompt ("a red circle"), as `sd1_shapes.SHORT_CAPTION_SHARE` (0.25
+# there, chapter 04). The shipped pair trains on the world's paraphrases alone (5% short), and follows short prompts
+# worst (chapter 05); raising the share means retraining sdxl-shapes and sdxl-shapes-no-micro together.
+SHORT_CAPTION_SHARE = 0.0
 P_CROP, P_LOWRES = 0.4, 0.3  # shares of cropped and of upsampled training images
 BANK_SIZE = 24_576  # variants encoded once by the frozen VAE, split over the buckets by their shares
 BANK_SEED = 555
@@ -139,11 +143,12 @@ def latent_banks(codec: nn.Module, *, p_crop: float = P_CROP, p_lowres: float = 
 
 
 def make_batch_fn(banks: list[Bank], text_encoder: DualPromptEncoder, micro_conditioning: bool = True,
-                  caption_dropout: float = CAPTION_DROPOUT):
+                  caption_dropout: float = CAPTION_DROPOUT, short_share: float = SHORT_CAPTION_SHARE):
     """`batch_fn(step, B, generator) -> (z0 (B, C, h, w), cond (B, T, D), pooled (B, P), time_ids (B, 6))`.
 
-    Each step draws one bucket (by its share; SDXL batches by bucket), B of its variants, a random
-    paraphrase of each caption, and zeros for a `caption_dropout` share of the text conditioning
+    Each step draws one bucket (by its share; SDXL batches by bucket), B of its variants, a caption of
+    each (`sd1_shapes.training_caption`: the short prompt with probability `short_share`, else a random
+    paraphrase), and zeros for a `caption_dropout` share of the text conditioning
     (both cond and pooled: the unconditional model for CFG). Without micro-conditioning the time
     ids are zeros: the model is never told the size or the crop.
     """
@@ -153,7 +158,8 @@ def make_batch_fn(banks: list[Bank], text_encoder: DualPromptEncoder, micro_cond
         bank = banks[int(torch.multinomial(shares, 1, generator=generator))]
         idx = torch.randint(0, len(bank.scenes), (batch_size,), generator=generator)  # (B,)
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        cond, pooled = text_encoder([shapes.caption(bank.scenes[i], rng) for i in idx.tolist()])  # (B, T, D), (B, P)
+        captions = [training_caption(bank.scenes[i], rng, short_share) for i in idx.tolist()]
+        cond, pooled = text_encoder(captions)  # (B, T, D), (B, P)
         keep = (torch.rand(batch_size, generator=generator) >= caption_dropout).float()  # (B,)
         ids = bank.time_ids[idx] if micro_conditioning else torch.zeros(batch_size, N_TIME_IDS)  # (B, 6)
         return bank.z0[idx], cond * keep[:, None, None], pooled * keep[:, None], ids
