@@ -17,7 +17,7 @@ Shapes: B batch, images (B, 1, 32, 32) in [-1, 1] inside the model, uint8 (B, 32
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -287,11 +287,8 @@ def sample_row(model: UNet, n: int, method: str, steps: int, variant: str = "", 
     if variant not in VARIANTS:
         raise ValueError(f"unknown sampler variant {variant!r}; choose one of {VARIANTS}")
     schedule = model_schedule(model, schedule)
-    if variant in ("leading", "noclip"):
-        from dataclasses import replace
-
-        schedule = (replace(schedule, timestep_spacing="leading") if variant == "leading"
-                    else replace(schedule, clip_sample=False))
+    overrides = {"leading": {"timestep_spacing": "leading"}, "noclip": {"clip_sample": False}}.get(variant, {})
+    schedule = replace(schedule, **overrides)  # the schedule's own sampler settings for the other variants
     return generate_x0(model, n, steps, method, schedule=schedule, seed=seed, progress=progress,
                        eta=1.0 if variant == "eta1" else 0.0, use_clipped_model_output=variant == "clipped_eps")
 

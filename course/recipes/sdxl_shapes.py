@@ -66,10 +66,7 @@ BUCKETS = ((64, 64), (48, 80), (80, 48), (32, 128))  # (H, W): 4096, 3840, 3840,
 BUCKET_SHARES = (0.62, 0.17, 0.17, 0.04)  # 32x128 is rare on purpose; 128x32 is never seen
 OFFSET_NOISE = 0.05  # SDXL's last stage; see `offset_noise`
 CAPTION_DROPOUT = 0.1  # dropped captions become zeros (cond and pooled), as force_zeros_for_empty_prompt expects
-# Share of the captions replaced by the short prompt ("a red circle"), as `sd1_shapes.SHORT_CAPTION_SHARE` (0.25
-# there, chapter 04). The shipped pair trains on the world's paraphrases alone (5% short), and follows short prompts
-# worst (chapter 05); raising the share means retraining sdxl-shapes and sdxl-shapes-no-micro together.
-SHORT_CAPTION_SHARE = 0.0
+SHORT_CAPTION_SHARE = 0.0  # short prompts among the captions (sd1_shapes': 0.25); 0: the paraphrases alone, 5% short
 P_CROP, P_LOWRES = 0.4, 0.3  # shares of cropped and of upsampled training images
 BANK_SIZE = 24_576  # variants encoded once by the frozen VAE, split over the buckets by their shares
 BANK_SEED = 555

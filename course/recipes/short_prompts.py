@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from course.recipes.style_eval import HELD_OUT_SEED  # the evaluation scenes of the Shapes text-to-image models
 from course.world import metrics, shapes
 
 RECORD = Path(__file__).parent / "data" / "short_prompts.json"
-HELD_OUT_SEED = 424_242  # the evaluation scenes of the Shapes text-to-image models (never trained on)
 SWEEP_GUIDANCES = (1.0, 2.0, 3.0, 5.0, 7.5)
 
 
@@ -147,8 +147,7 @@ def main(argv: list[str]) -> None:
     pipe = base.load(name)
     share = entry["config"].get("short_caption_share", 0.0)
     result = diagnose(pipe, lambda s, rng: sd1_shapes.training_caption(s, rng, share), pipe.text_encoder)
-    result["settings"] |= {"model": name, "short_caption_share": share, "created": entry.get("created"),
-                           "train_steps": entry.get("notes", "").split(" steps")[0]}
+    result["settings"] |= {"model": name, "short_caption_share": share, "created": entry.get("created")}
     result["style"] = {k: v for k, v in entry["metrics"].items() if k.startswith("style_")}  # the shipped evaluation's
     record = read_record()
     record[entry["sha256"]] = result
