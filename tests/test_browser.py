@@ -119,23 +119,62 @@ class Notebook:
                                timeout=TIMEOUT_MS)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=TIMEOUT_MS)
         self.cells = page.locator(f"{PANEL} .jp-Cell")
+        self.wait_for_kernel()
+
+    def kernel_state(self) -> str:
+        """The execution state of this notebook's kernel as the server reports it, or 'no session'."""
+        sessions = [s for s in _get(f"{self.url}/api/sessions?token={self.token}") if s["path"].endswith(self.name)]
+        if not sessions:
+            return "no session"
+        return _get(f"{self.url}/api/kernels/{sessions[0]['kernel']['id']}?token={self.token}")["execution_state"]
+
+    def wait_for_kernel(self) -> None:
+        """Wait until the server has started this notebook's kernel and it is idle.
+
+        The page's execution indicator can read 'idle' before the kernel is up. In the CI run of
+        2026-12-07 chapter 01's first cell never started (no execution count in 240 s), while the same
+        test passed locally and on a fresh clone; a Ctrl+Enter lost before the kernel was ready fits that.
+        """
+        deadline, state = time.monotonic() + TIMEOUT_MS / 1000, ""
+        while (state := self.kernel_state()) != "idle":
+            if time.monotonic() > deadline:
+                self.fail(f"its kernel is not idle after {TIMEOUT_MS / 1000:.0f} s (state: {state})")
+            time.sleep(0.5)
+
+    def fail(self, what: str) -> None:
+        """Fail with what the page and the server show: a screenshot, any dialog, the kernel, lab.log's end."""
+        shot = Path(self.root) / f"failed-{self.name}.png"
+        self.page.screenshot(path=str(shot))
+        dialogs = self.page.locator(".jp-Dialog").all_inner_texts()
+        log = (Path(self.root) / "lab.log").read_text()[-2000:]
+        pytest.fail(f"{self.name}: {what}\nscreenshot: {shot}\ndialogs: {dialogs}\nkernel: {self.kernel_state()}\n"
+                    f"lab.log ends:\n{log}")
 
     def index(self, text: str) -> int:
         """The first code cell whose source holds `text` (cells are found by what they say, not by number)."""
         return next(i for i, s in enumerate(self.sources) if text in s)
 
-    def run(self, i: int):
+    def run(self, i: int, presses: int = 3):
+        """Run cell i through the UI and wait for its execution count; Ctrl+Enter again (up to `presses`
+        times) if the cell has not even started (its prompt still `[ ]`) 20 s after a press."""
         cell = self.cells.nth(i)
-        cell.scroll_into_view_if_needed()
-        cell.locator(".jp-InputArea-editor").click()
-        self.page.keyboard.press("Control+Enter")
+        prompt = "el => el.querySelector('.jp-InputPrompt').textContent"
+        for _ in range(presses):
+            cell.scroll_into_view_if_needed()
+            cell.locator(".jp-InputArea-editor").click()
+            self.page.keyboard.press("Control+Enter")
+            try:  # started: `[*]` (queued or running) or `[n]` (done)
+                self.page.wait_for_function(f"el => /\\[(\\*|\\d+)\\]/.test(({prompt})(el))",
+                                            arg=cell.element_handle(), timeout=20_000)
+                break
+            except sync_api.TimeoutError:
+                continue
         try:
-            self.page.wait_for_function("el => /\\[\\d+\\]/.test(el.querySelector('.jp-InputPrompt').textContent)",
-                                        arg=cell.element_handle(), timeout=TIMEOUT_MS)
+            self.page.wait_for_function(f"el => /\\[\\d+\\]/.test(({prompt})(el))", arg=cell.element_handle(),
+                                        timeout=TIMEOUT_MS)
         except sync_api.TimeoutError:
-            shot = Path(self.root) / f"timeout-{self.name}-cell{i}.png"
-            self.page.screenshot(path=str(shot))
-            pytest.fail(f"{self.name}, cell {i} did not finish in {TIMEOUT_MS / 1000:.0f} s (screenshot {shot})")
+            self.fail(f"cell {i} did not finish in {TIMEOUT_MS / 1000:.0f} s (its prompt reads "
+                      f"{cell.element_handle().evaluate(prompt)!r})")
         self.check_no_error(i)
         return cell
 
@@ -175,10 +214,8 @@ class Notebook:
         errors = [t for t in self.cells.nth(i).locator("[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
                   if "Traceback" in t or "Error" in t]
         assert not errors, f"{self.name}, cell {i}: {errors[0][-2000:]}"
-        sessions = [s for s in _get(f"{self.url}/api/sessions?token={self.token}") if s["path"].endswith(self.name)]
-        assert sessions, f"no kernel session for {self.name}"
-        kernel = _get(f"{self.url}/api/kernels/{sessions[0]['kernel']['id']}?token={self.token}")
-        assert kernel["execution_state"] in ("idle", "busy", "starting"), kernel
+        state = self.kernel_state()
+        assert state in ("idle", "busy", "starting"), f"{self.name}: kernel {state}"
 
 
 @pytest.fixture()
