@@ -300,3 +300,25 @@ def test_capstone_restore_puts_the_record_back_without_the_models_to_re_measure(
     assert json.loads((C.RUN_DIR / "bleeding.json").read_text()) == {"sdxl-shapes": {"n": 2}}
     assert json.loads((C.RUN_DIR / "upsample.json").read_text()) == {"x": 2}
     assert not (C.RUN_DIR / "t5drop.json").exists() and not (tmp_path / "runs" / "sd3-shapes-recaption").exists()
+
+
+def test_capstone_keep_moves_a_models_rows_to_its_variant_label_and_refuses_what_would_lose_rows(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(C, "RUN_DIR", tmp_path)
+    label = "sdxl-shapes, paraphrases only"
+    (tmp_path / "table.json").write_text(json.dumps({"sdxl-shapes@5": {"fid": 2.0}, "sdxl-shapes@20": {"fid": 1.0},
+                                                     "sdxl-shapes+refiner@5": {"fid": 3.0}}))
+    (tmp_path / "bleeding.json").write_text(json.dumps({"sdxl-shapes": {"n": 2}}))
+    with pytest.raises(KeyError, match="VARIANTS"):
+        C.keep("sd1-shapes", label)  # the label is another model's variant
+    C.keep("sdxl-shapes", label)
+    assert json.loads((tmp_path / "table.json").read_text()) == {
+        f"{label}@5": {"fid": 2.0}, f"{label}@20": {"fid": 1.0}, "sdxl-shapes+refiner@5": {"fid": 3.0}}
+    assert json.loads((tmp_path / "bleeding.json").read_text()) == {label: {"n": 2}}
+    with pytest.raises(ValueError, match="no rows"):
+        C.keep("sdxl-shapes", label)  # moved already: nothing of sdxl-shapes left
+    (tmp_path / "table.json").write_text(json.dumps({"sdxl-shapes@5": {"fid": 9.0}, f"{label}@5": {"fid": 2.0}}))
+    with pytest.raises(ValueError, match="already holds"):
+        C.keep("sdxl-shapes", label)  # would overwrite the kept rows
+    assert json.loads((tmp_path / "table.json").read_text())[f"{label}@5"] == {"fid": 2.0}

@@ -72,3 +72,5 @@ def test_text_neighbours_of_an_encoder_that_spells_the_colour_find_it_and_of_a_b
     seeing = S.text_neighbours(spelling, k=3, n=64)
     assert seeing["short_color"] == 1.0 and seeing["paraphrase_color"] == 1.0
     assert S.text_neighbours(blind, k=3, n=64)["short_color"] < 0.5
+    with_pooled = S.text_neighbours(lambda texts: (spelling(texts), blind(texts)[:, 0]), k=3, n=64)  # SDXL's encoders
+    assert with_pooled == seeing  # the per-token states are compared, not the pooled vector

@@ -15,6 +15,7 @@ runs/sd3-shapes-capstone/, then copied by `record` into RECORD, the committed JS
                         recaptioner's, two smaller sd3-shapes (~45 min)
     variant NAME LABEL  measure the checkpoint in place for NAME as the rows LABEL (one of VARIANTS)
     restore [MODEL ...] put the committed RECORD back into runs/, without MODEL's rows (to re-measure only those)
+    keep NAME LABEL     move NAME's measured rows in runs/ to LABEL (one of VARIANTS): before NAME is retrained
     record              copy what has been run into RECORD
 
 Images are uint8 (B, H, W, 3).
@@ -193,7 +194,8 @@ RUN_DIR = paths.RUNS_DIR / "sd3-shapes-capstone"
 RECORD = Path(__file__).with_name("data") / "capstone.json"  # the committed tables the notebook reads
 # Variants measured in the table but not shipped: trained by the same command after a one-line recipe change,
 # measured with `variant NAME LABEL` while their checkpoint was in place, then the shipped one restored.
-# The first shipped sd1-shapes (commit 33a25b2) is one of them now: its rows were measured while it was shipped.
+# The first shipped sd1-shapes (commit 33a25b2) and sdxl-shapes (commit 48f8d48) are among them now: their rows
+# were measured while they were shipped, and moved to these labels (`keep`) when their retrained ones shipped.
 VARIANTS = {
     "sd1-shapes, paraphrases only": {
         "parameters": 3_168_324, "train_minutes": 57.0, "of": "sd1-shapes",
@@ -204,7 +206,16 @@ VARIANTS = {
         "parameters": 3_168_324, "train_minutes": 68.5, "of": "sd1-shapes",
         "recipe": "course/recipes/sd1_shapes.py with SHORT_CAPTION_SHARE = 0.25 and SD1_SHAPES_STEPS = 9000, then "
                   "python -m course train sd1-shapes",
-        "sha256": "983929b550a357febcf9b0956674244cf7a571895f9838aaadedba738308f2a9"}}
+        "sha256": "983929b550a357febcf9b0956674244cf7a571895f9838aaadedba738308f2a9"},
+    "sdxl-shapes, paraphrases only": {
+        "parameters": 5_508_804, "train_minutes": 65.1, "of": "sdxl-shapes",
+        "recipe": "course/recipes/sdxl_shapes.py with SHORT_CAPTION_SHARE = 0 and STEPS = 5000 (the first shipped "
+                  "sdxl-shapes), then python -m course train sdxl-shapes",
+        "sha256": "2a276bfd7a4ecb9515ae0b8c195ed5cb4eb8a8e8dafeb03e92d1f775d3ffab68"},
+    "sdxl-shapes+refiner, paraphrases only": {
+        "parameters": 11_017_608, "train_minutes": 96.5, "of": "sdxl-shapes+refiner",
+        "recipe": "the first shipped sdxl-shapes (the row above) refined by the shipped sdxl-shapes-refiner",
+        "sha256": "2a276bfd7a4ecb9515ae0b8c195ed5cb4eb8a8e8dafeb03e92d1f775d3ffab68"}}
 
 
 def _generators(name: str, steps: int):
@@ -350,6 +361,33 @@ def restore(drop: tuple[str, ...] = ()) -> None:
             file.write_text(json.dumps(value, indent=1, sort_keys=True))
 
 
+def keep(name: str, label: str) -> None:
+    """Move `name`'s rows (table and bleeding) in RUN_DIR to the variant `label`, so that a retrained `name`
+    is measured afresh by `table NAME` while its predecessor's numbers stay in the record under `label`.
+
+    Raises:
+        KeyError: `label` is not a VARIANTS entry of `name` ("of").
+        ValueError: RUN_DIR holds no rows of `name`, or already holds rows of `label`.
+    """
+    import json
+
+    if VARIANTS.get(label, {}).get("of") != name:
+        raise KeyError(f"{label!r} is not a capstone.VARIANTS entry of {name!r}: add its facts there first")
+    path, file = RUN_DIR / "table.json", RUN_DIR / "bleeding.json"
+    table = json.loads(path.read_text()) if path.is_file() else {}
+    bleeding = json.loads(file.read_text()) if file.is_file() else {}
+    rows = {key.split("@")[1]: key for key in table if key.split("@")[0] == name}
+    if not rows:
+        raise ValueError(f"no rows of {name!r} in {path}: run `capstone restore` first")
+    if any(key.split("@")[0] == label for key in table) or label in bleeding:
+        raise ValueError(f"{path.parent} already holds rows of {label!r}: nothing moved")
+    table |= {f"{label}@{steps}": table.pop(key) for steps, key in rows.items()}
+    path.write_text(json.dumps(table, indent=1, sort_keys=True))
+    if name in bleeding:
+        bleeding[label] = bleeding.pop(name)
+        file.write_text(json.dumps(bleeding, indent=1))
+
+
 def record(table: dict | None = None) -> dict:
     """Write the committed record (RECORD): the table, the floors, model facts, the experiments' results."""
     import json
@@ -422,10 +460,12 @@ if __name__ == "__main__":
         record()
     elif sys.argv[1:2] == ["restore"]:  # restore [MODEL ...]: the record's parts, without MODEL's rows
         restore(tuple(sys.argv[2:]))
+    elif sys.argv[1:2] == ["keep"] and len(sys.argv) == 4:  # keep NAME LABEL
+        keep(sys.argv[2], sys.argv[3])
     elif sys.argv[1:2] == ["recaption"]:
         result = recaption_experiment()
         (paths.RUNS_DIR / "sd3-shapes-recaption" / "result.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result, indent=1))
     else:
         print("usage: python -m course.recipes.capstone table [MODEL ...] | bleeding [MODEL ...] | t5drop | upsample | "
-              "recaption | variant NAME LABEL | record")
+              "recaption | variant NAME LABEL | restore [MODEL ...] | keep NAME LABEL | record")

@@ -68,8 +68,12 @@ def text_neighbours(text_encoder, k: int = 5, n: int = 256, seed: int = HELD_OUT
         {"short_color", "short_shape", "paraphrase_color", "paraphrase_shape"}: shares in [0, 1]
         (chance is 1 / len(PALETTE) for colour and 1 / len(SHAPES) for shape).
     """
+    def states(texts: list[str]) -> torch.Tensor:  # (B, T*D); SDXL's DualPromptEncoder also returns the pooled vector
+        out = text_encoder(texts)
+        return torch.nn.functional.normalize((out[0] if isinstance(out, tuple) else out).flatten(1), dim=1)
+
     scenes = shapes.sample_scenes(n, seed, max_objects=1)
-    keys = torch.nn.functional.normalize(text_encoder([shapes.caption(s) for s in scenes]).flatten(1), dim=1)  # (n, T*D)
+    keys = states([shapes.caption(s) for s in scenes])  # (n, T*D)
     queries = {"short": [shapes.Scene((shapes.SceneObject(c, s, None, None),))
                          for c in shapes.PALETTE for s in shapes.SHAPES],
                "paraphrase": scenes}
@@ -77,7 +81,7 @@ def text_neighbours(text_encoder, k: int = 5, n: int = 256, seed: int = HELD_OUT
     out = {}
     for style, query_scenes in queries.items():
         texts = [shapes.short_caption(s) if style == "short" else shapes.caption(s, rng) for s in query_scenes]
-        q = torch.nn.functional.normalize(text_encoder(texts).flatten(1), dim=1)  # (B, T*D)
+        q = states(texts)  # (B, T*D)
         sims = q @ keys.T  # (B, n)
         if style == "paraphrase":
             sims.fill_diagonal_(-2.0)  # not the query scene's own canonical caption
@@ -135,20 +139,28 @@ def read_record(path: Path = RECORD) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    """python -m course.recipes.short_prompts [sd1-shapes]: diagnose the shipped weights, add them to RECORD."""
+    """python -m course.recipes.short_prompts [sd1-shapes | sdxl-shapes]: diagnose the shipped weights, add them
+    to RECORD (both recipes caption with `sd1_shapes.training_caption` at their config's short-caption share)."""
     from course import checkpoints
     from course.pipelines import base
     from course.recipes import sd1_shapes
 
     name = argv[0] if argv else "sd1-shapes"
-    if name != "sd1-shapes":
-        raise SystemExit(f"short_prompts diagnoses sd1-shapes (its recipe's captions and text encoder), not {name!r}")
+    if name not in ("sd1-shapes", "sdxl-shapes"):
+        raise SystemExit(f"short_prompts diagnoses sd1-shapes or sdxl-shapes (their recipes' captions and text "
+                         f"encoders), not {name!r}")
     entry = checkpoints.manifest_entry(name)
     pipe = base.load(name)
     share = entry["config"].get("short_caption_share", 0.0)
     result = diagnose(pipe, lambda s, rng: sd1_shapes.training_caption(s, rng, share), pipe.text_encoder)
     result["settings"] |= {"model": name, "short_caption_share": share, "created": entry.get("created")}
     result["style"] = {k: v for k, v in entry["metrics"].items() if k.startswith("style_")}  # the shipped evaluation's
+    if name == "sdxl-shapes":  # and the same scenes refined by the shipped refiner, as its evaluation measured them
+        refined = checkpoints.manifest_entry("sdxl-shapes-refiner")["metrics"]
+        if any(refined.get(f"base_{k}") != v for k, v in result["style"].items() if k.endswith("_full_match")):
+            raise SystemExit("the refiner's evaluation measured another sdxl-shapes: run `python -m course train "
+                             "sdxl-shapes-refiner --ship` (it re-evaluates against the shipped base) first")
+        result["refined_style"] = {k: v for k, v in refined.items() if k.startswith("refined_style_")}
     record = read_record()
     record[entry["sha256"]] = result
     RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
