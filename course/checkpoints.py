@@ -397,6 +397,26 @@ def ship(name: str, tensors: dict[str, torch.Tensor], *, config: dict, command: 
     return entry
 
 
+def record_metrics(name: str, metrics: dict, command: str, manifest: str | Path = MANIFEST_PATH) -> dict:
+    """Replace a shipped checkpoint's metrics by ones measured again, its files and sha256 untouched.
+
+    For a model whose evaluation reads another shipped one (sdxl-shapes-refiner is scored on the
+    shipped sdxl-shapes' images): when that one is retrained, the weights stay valid and only the
+    numbers change. The entry records how and when they were measured ("metrics_command",
+    "metrics_date"); the rest of the manifest is kept.
+
+    Returns:
+        the updated entry.
+    """
+    manifest = Path(manifest)
+    entries = read_manifest(manifest)
+    entry = manifest_entry(name, manifest)  # UnknownCheckpointError for a name that is not shipped
+    entry |= {"metrics": metrics, "metrics_command": command, "metrics_date": datetime.date.today().isoformat()}
+    entries[name] = entry
+    _atomic_write_text(manifest, _dump_json(entries))
+    return entry
+
+
 def export(path: str | Path, tensors: dict[str, torch.Tensor], *, config: dict, command: str,
            wall_time_s: float, metrics: dict, notes: str = "") -> dict:
     """Write a learner's checkpoint `X.safetensors` anywhere, with its entry in `X.json` beside it.

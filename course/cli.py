@@ -169,12 +169,20 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from course.pipelines import base
 
+    from course import checkpoints
+
+    if args.record and (args.checkpoint or args.quick):
+        raise ValueError("--record writes the shipped model's full evaluation into the manifest: drop --checkpoint "
+                         "and --quick")
     device = _device(args.device)
-    model, entry = base.load_model(args.name, args.checkpoint)
+    model, entry = base.load_model(args.name, args.checkpoint)  # a shipped one is sha256-verified here
     metrics = zoo.resolve(zoo.card(args.name).evaluate)(model.to(device), args.quick)
     for key, value in metrics.items():
         print(f"{key:<40} {value}")
-    if not args.checkpoint and not args.quick:
+    if args.record:
+        checkpoints.record_metrics(args.name, metrics, f"python -m course eval {args.name} --record")
+        print(f"recorded these metrics for {args.name} in MANIFEST.json (its weights unchanged)")
+    elif not args.checkpoint and not args.quick:
         print(f"(manifest says: {entry.get('metrics')})")
     return 0
 
@@ -408,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--checkpoint", default=None, help="a .safetensors file instead of the shipped one")
     p.add_argument("--quick", action="store_true", help="a smaller evaluation")
+    p.add_argument("--record", action="store_true", help="write the metrics into the shipped model's manifest entry "
+                   "(weights unchanged): after a model its evaluation reads was retrained")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: CUDA, then MPS, then the CPU; "
                                                   "COURSE_DEVICE sets it too)")
     p.set_defaults(fn=cmd_eval)

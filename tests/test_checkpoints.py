@@ -236,3 +236,19 @@ def test_large_checkpoints_ship_as_verified_shards(tmp_path):
     assert (tmp_path / "big.safetensors").is_file() and not list(tmp_path.glob("big-*"))
     _ship(tmp_path, "big", max_file_bytes=40)
     assert not (tmp_path / "big.safetensors").exists() and len(list(tmp_path.glob("big-*"))) == 2
+
+
+def test_record_metrics_replaces_only_the_metrics_of_a_shipped_entry(tmp_path):
+    manifest = tmp_path / "MANIFEST.json"
+    entry = _ship(tmp_path)
+    _ship(tmp_path, name="other")
+    before = (tmp_path / "toy.safetensors").read_bytes()
+    updated = ck.record_metrics("toy", {"loss": 0.25}, "python -m course eval toy --record", manifest=manifest)
+    assert updated["metrics"] == {"loss": 0.25} and updated["metrics_command"].endswith("--record")
+    assert {k: v for k, v in updated.items() if not k.startswith("metrics")} == \
+        {k: v for k, v in entry.items() if k != "metrics"}
+    assert (tmp_path / "toy.safetensors").read_bytes() == before
+    assert ck.read_manifest(manifest)["other"]["metrics"] == {"loss": 0.5}
+    ck.load_checkpoint("toy", manifest=manifest)  # still verifies
+    with pytest.raises(ck.UnknownCheckpointError):
+        ck.record_metrics("nope", {}, "c", manifest=manifest)

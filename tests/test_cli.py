@@ -2,10 +2,11 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from course import cli, doctor, parity, zoo
+from course import checkpoints, cli, doctor, parity, zoo
 from course.pipelines import base
 
 
@@ -22,6 +23,14 @@ def test_unknown_model_lists_the_known_ones(capsys):
     assert "unknown model 'no-such-model'" in err
     for name in zoo.MODELS:
         assert name in err
+
+
+def test_eval_record_refuses_a_quick_or_outside_evaluation_before_evaluating(capsys):
+    before = Path(checkpoints.MANIFEST_PATH).read_bytes()
+    assert cli.main(["eval", "sdxl-shapes-refiner", "--record", "--quick"]) == 2
+    assert cli.main(["eval", "sdxl-shapes-refiner", "--record", "--checkpoint", "mine.safetensors"]) == 2
+    assert "drop --checkpoint and --quick" in capsys.readouterr().err
+    assert Path(checkpoints.MANIFEST_PATH).read_bytes() == before
 
 
 def test_unknown_model_for_train_and_generate(capsys):
