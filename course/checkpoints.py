@@ -351,6 +351,13 @@ def _entry_files(entry: dict, root: Path, name: str) -> list[tuple[Path, str | N
     return [(root / entry.get("file", f"{name}.safetensors"), entry.get("sha256"), entry.get("size_bytes"))]
 
 
+def _own_shards(directory: Path, name: str) -> list[Path]:
+    """The shard files of checkpoint `name` in `directory`: `<name>-00001-of-00002.safetensors`, ..., and not
+    those of another name that starts with it (`sdxl-shapes-refiner-00001-of-00002` is not sdxl-shapes')."""
+    pattern = re.compile(re.escape(name) + r"-\d{5}-of-\d{5}\.safetensors")
+    return sorted(p for p in directory.glob(f"{name}-*-of-*.safetensors") if pattern.fullmatch(p.name))
+
+
 def ship(name: str, tensors: dict[str, torch.Tensor], *, config: dict, command: str,
          wall_time_s: float, metrics: dict, notes: str = "",
          directory: str | Path = CHECKPOINT_DIR, manifest: str | Path = MANIFEST_PATH,
@@ -373,7 +380,7 @@ def ship(name: str, tensors: dict[str, torch.Tensor], *, config: dict, command: 
         save_tensors(path, tensors, metadata=_header(config, command))
         entry = _make_entry(path, manifest.parent, config=config, command=command,
                             wall_time_s=wall_time_s, metrics=metrics, notes=notes)
-        stale = sorted(directory.glob(f"{name}-*-of-*.safetensors"))
+        stale = _own_shards(directory, name)
     else:
         paths = [directory / f"{name}-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
         shards = []
@@ -387,8 +394,7 @@ def ship(name: str, tensors: dict[str, torch.Tensor], *, config: dict, command: 
                                                  wall_time_s=wall_time_s, metrics=metrics, notes=notes).items()
                     if k not in ("file", "sha256")}}
         entry["size_bytes"] = sum(s["size_bytes"] for s in shards)
-        stale = [directory / f"{name}.safetensors",
-                 *(p for p in directory.glob(f"{name}-*-of-*.safetensors") if p not in paths)]
+        stale = [directory / f"{name}.safetensors", *(p for p in _own_shards(directory, name) if p not in paths)]
     entries = read_manifest(manifest)
     entries[name] = entry
     _atomic_write_text(manifest, _dump_json(entries))

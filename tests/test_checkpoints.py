@@ -238,6 +238,17 @@ def test_large_checkpoints_ship_as_verified_shards(tmp_path):
     assert not (tmp_path / "big.safetensors").exists() and len(list(tmp_path.glob("big-*"))) == 2
 
 
+def test_shipping_a_model_keeps_the_shards_of_another_whose_name_starts_with_its_name(tmp_path):
+    """Shipping sdxl-shapes once deleted sdxl-shapes-refiner's shards (their names match sdxl-shapes-*-of-*)."""
+    manifest = tmp_path / "MANIFEST.json"
+    _ship(tmp_path, "big-refiner", max_file_bytes=40)
+    _ship(tmp_path, "big", max_file_bytes=40)
+    _ship(tmp_path, "big", seed=1)  # as one file: big's own shards go, big-refiner's stay
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [
+        "big-refiner-00001-of-00002.safetensors", "big-refiner-00002-of-00002.safetensors", "big.safetensors"]
+    assert all(ok for _, ok, _ in ck.verify_all(manifest))
+
+
 def test_record_metrics_replaces_only_the_metrics_of_a_shipped_entry(tmp_path):
     manifest = tmp_path / "MANIFEST.json"
     entry = _ship(tmp_path)
