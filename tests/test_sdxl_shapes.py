@@ -64,9 +64,13 @@ def test_batches_zero_the_time_ids_without_micro_conditioning_and_drop_captions(
 
 def test_batches_read_short_prompts_at_the_short_caption_share(banks, parts):
     text_encoder = parts[0]
-    shipped = S.make_batch_fn(banks, text_encoder, caption_dropout=0.0)(0, 8, torch.Generator().manual_seed(2))
-    explicit = S.make_batch_fn(banks, text_encoder, caption_dropout=0.0, short_share=0.0)(0, 8, torch.Generator().manual_seed(2))
-    assert S.SHORT_CAPTION_SHARE == 0.0 and all(torch.equal(a, b) for a, b in zip(shipped, explicit))  # the shipped pair's stream
+    # the refiner keeps the paraphrases alone (its shipped stream); the base pair trains with a quarter short
+    assert S.REFINER_SHORT_CAPTION_SHARE == 0.0 and S.SHORT_CAPTION_SHARE == 0.25
+    def batch(**kw):
+        return S.make_batch_fn(banks, text_encoder, caption_dropout=0.0, **kw)(0, 8, torch.Generator().manual_seed(2))
+
+    assert all(torch.equal(a, b) for a, b in zip(batch(), batch(short_share=0.25)))
+    shipped = batch(short_share=0.0)  # the first pair's and the refiner's stream
     g = torch.Generator().manual_seed(2)  # the same draws as batch_fn makes: a bucket, then B variants of it
     shares = torch.tensor([len(b.scenes) for b in banks], dtype=torch.float64)
     bank = banks[int(torch.multinomial(shares, 1, generator=g))]

@@ -66,13 +66,14 @@ BUCKETS = ((64, 64), (48, 80), (80, 48), (32, 128))  # (H, W): 4096, 3840, 3840,
 BUCKET_SHARES = (0.62, 0.17, 0.17, 0.04)  # 32x128 is rare on purpose; 128x32 is never seen
 OFFSET_NOISE = 0.05  # SDXL's last stage; see `offset_noise`
 CAPTION_DROPOUT = 0.1  # dropped captions become zeros (cond and pooled), as force_zeros_for_empty_prompt expects
-SHORT_CAPTION_SHARE = 0.0  # short prompts among the captions (sd1_shapes': 0.25); 0: the paraphrases alone, 5% short
+SHORT_CAPTION_SHARE = 0.25  # short prompts among the base pair's captions, as sd1_shapes' (the paraphrases alone: 5%)
+REFINER_SHORT_CAPTION_SHARE = 0.0  # the refiner (t < 200) cannot change what or how many objects there are
 P_CROP, P_LOWRES = 0.4, 0.3  # shares of cropped and of upsampled training images
 BANK_SIZE = 24_576  # variants encoded once by the frozen VAE, split over the buckets by their shares
 BANK_SEED = 555
 HELD_OUT_SEED = 424_242
 BATCH_SIZE = 64
-STEPS = 5000  # ~35 min alone on one CPU thread (65 min with three trainings sharing the 2 cores)
+STEPS = 7000  # 5000 before the short captions; raised as sd1_shapes' were, so the other captions keep their steps
 REFINER_STEPS = 2500
 REFINER_T_MAX = 200  # the refiner trains on t < 200 of 1000 (SDXL's refiner: the first 200 noise levels)
 REFINE_STRENGTH = 0.2  # SDEdit strength of the refiner pass: the last 20% of the chain, t < 200
@@ -223,7 +224,7 @@ class SDXLShapes(nn.Module):
 
 
 def _train(name: str, steps: int, run_dir: Path, fresh: bool, progress: bool, *, micro: bool, plain: bool,
-           t_max: int | None) -> Trained:
+           t_max: int | None, short_share: float = SHORT_CAPTION_SHARE) -> Trained:
     from course.train import TrainConfig, fit
 
     torch.manual_seed(0)
@@ -236,15 +237,16 @@ def _train(name: str, steps: int, run_dir: Path, fresh: bool, progress: bool, *,
     config = TrainConfig(steps=steps, batch_size=BATCH_SIZE, lr=5e-4, warmup_steps=min(200, steps // 10),
                          schedule="cosine", ema_decay=0.999, checkpoint_every=250, log_every=50)
     loss = lambda m, b, g: sdxl_loss(m, b, g, t_max=t_max)  # noqa: E731
-    result = fit(unet, loss, make_batch_fn(banks, text_encoder, micro), config, run_dir, resume=not fresh,
-                 progress=progress)
+    result = fit(unet, loss, make_batch_fn(banks, text_encoder, micro, short_share=short_share), config, run_dir,
+                 resume=not fresh, progress=progress)
     n = sum(len(b.scenes) for b in banks)
-    notes = (f"{name}: {result.step} steps at batch {BATCH_SIZE} (~{result.wall_time_s / 60:.0f} min on a 2-core CPU); "
+    notes = (f"{name}: {result.step} steps at batch {BATCH_SIZE} (~{result.wall_time_s / 60:.0f} min on "
+             f"{torch.get_num_threads()} CPU thread(s)), {short_share:.0%} of the kept captions short prompts; "
              f"bank of {n} {'plain' if plain else 'cropped/upsampled/plain'} variants in {len(BUCKETS)} buckets "
              f"encoded in {bank_s:.0f} s; frozen {', '.join(TEXT_ENCODERS)} and {VAE}.")
     cfg = {"unet": asdict(SDXL_SHAPES_UNET), "schedule": asdict(SCHEDULE), "parts": parts,
            "micro_conditioning": micro, "offset_noise": OFFSET_NOISE, "buckets": [list(b) for b in BUCKETS],
-           "bucket_shares": list(BUCKET_SHARES), "caption_dropout": CAPTION_DROPOUT,
+           "bucket_shares": list(BUCKET_SHARES), "caption_dropout": CAPTION_DROPOUT, "short_caption_share": short_share,
            "p_crop": p_crop, "p_lowres": p_lowres, "t_max": SCHEDULE.num_train_timesteps if t_max is None else t_max,
            "sample_steps": EVAL_STEPS, "guidance": EVAL_GUIDANCE}
     return Trained(model=(result.ema if result.ema is not None else result.model).eval(), config=cfg,
@@ -269,8 +271,8 @@ def train_sdxl_shapes_refiner(steps, run_dir, fresh, progress) -> Trained:
     """`sdxl-shapes-refiner`: plain images only, t < REFINER_T_MAX only."""
     from course.train import recipe_steps
 
-    return _train("sdxl-shapes-refiner", recipe_steps(steps, REFINER_STEPS), run_dir, fresh, progress, micro=True, plain=True,
-                  t_max=REFINER_T_MAX)
+    return _train("sdxl-shapes-refiner", recipe_steps(steps, REFINER_STEPS), run_dir, fresh, progress, micro=True,
+                  plain=True, t_max=REFINER_T_MAX, short_share=REFINER_SHORT_CAPTION_SHARE)
 
 
 def load_sdxl_shapes_from(tensors: dict[str, torch.Tensor], config: dict) -> SDXLShapes:
@@ -366,11 +368,12 @@ def _assembled(model: nn.Module, micro: bool = True) -> SDXLShapes:
 def evaluate_sdxl_shapes(model: nn.Module, quick: bool = False) -> dict[str, float]:
     """At the default conditioning (original = target = 64x64, crop (0, 0)), guidance 3, 25 DDIM steps:
     `image_report` of one image per held-out prompt (512; quick: 256 with 10 steps), and the same
-    measures of 512 real renders as the reference."""
+    measures of 512 real renders as the reference; unless quick, `prompt_style_metrics` (256 scenes)."""
     n, steps = (256, 10) if quick else (512, EVAL_STEPS)
     prompts = held_out_prompts(n)
     images = _generate(_assembled(model).pipeline(), prompts, steps=steps, guidance=EVAL_GUIDANCE)
-    return {"held_out_prompts": n, "ddim_steps": steps, "guidance": EVAL_GUIDANCE, **image_report(images, prompts)}
+    out = {"held_out_prompts": n, "ddim_steps": steps, "guidance": EVAL_GUIDANCE, **image_report(images, prompts)}
+    return out if quick else out | prompt_style_metrics(model)
 
 
 @torch.no_grad()
@@ -396,6 +399,9 @@ def evaluate_sdxl_shapes_refiner(model: nn.Module, quick: bool = False) -> dict[
            "base_s_per_image": round(base_s / n, 5), "base_plus_refiner_s_per_image": round(total_s / n, 5)}
     out |= {f"base_{k}": v for k, v in image_report(base_images, prompts).items()}
     out |= {f"refined_{k}": v for k, v in image_report(refined, prompts).items()}
+    if not quick:  # the three prompt styles, each image also refined: "base_style_..." and "refined_style_..."
+        styles = prompt_style_metrics(load("sdxl-shapes"), refiner=model)
+        out |= {k if k.startswith("refined_") else f"base_{k}": v for k, v in styles.items()}
     return out
 
 
