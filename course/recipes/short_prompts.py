@@ -158,8 +158,8 @@ def main(argv: list[str]) -> None:
     if name == "sdxl-shapes":  # and the same scenes refined by the shipped refiner, as its evaluation measured them
         refined = checkpoints.manifest_entry("sdxl-shapes-refiner")["metrics"]
         if any(refined.get(f"base_{k}") != v for k, v in result["style"].items() if k.endswith("_full_match")):
-            raise SystemExit("the refiner's evaluation measured another sdxl-shapes: run `python -m course train "
-                             "sdxl-shapes-refiner --ship` (it re-evaluates against the shipped base) first")
+            raise SystemExit("the refiner's evaluation measured another sdxl-shapes: run `python -m course eval "
+                             "sdxl-shapes-refiner --record` (it re-measures against the shipped base) first")
         result["refined_style"] = {k: v for k, v in refined.items() if k.startswith("refined_style_")}
     record = read_record()
     record[entry["sha256"]] = result
